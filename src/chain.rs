@@ -1,0 +1,399 @@
+//! Descriptor chains: the validated walk over a chain's descriptors (§2.7.4, §2.7.5).
+//!
+//! [`Queue::pop_avail`](crate::Queue::pop_avail) reads only the available ring; the chain's
+//! descriptors are fetched while the device walks the returned [`DescriptorChain`], each exactly
+//! once per walk, and every check applies to that one copy (no double fetch, H12). A device that
+//! must see the whole chain validated before it touches any data copies it first with
+//! [`DescriptorChain::copy_into`].
+//!
+//! # Rules (each a typed [`ChainError`], never a panic, never a shortened chain)
+//!
+//! * every `next` is `< size` (or `<` the indirect table length inside a table);
+//! * at most `size` buffer descriptors per chain, counting indirect table entries (§2.7.5.3.1);
+//!   so loops end with [`ChainError::TooLong`];
+//! * INDIRECT only if negotiated, never together with NEXT, never inside a table; a table length
+//!   is a non-zero multiple of 16 and lies in guest RAM; WRITE on the pointer is ignored; direct
+//!   descriptors followed by one final indirect descriptor are accepted (§2.7.5.3.2);
+//! * no device-readable descriptor after a device-writable one (§2.7.4.2);
+//! * every buffer's `addr + len` does not overflow and lies in guest RAM; the chain's total
+//!   length is at most `u32::MAX` (§2.7.5.2).
+//!
+//! Zero-length descriptors count as hops but are not yielded: a device never sees an empty
+//! buffer (CVE-2016-6490, CVE-2019-14835).
+//!
+//! # Guest reads per chain
+//!
+//! Walking a chain of `n` direct descriptors reads `n` descriptors of 16 bytes. A chain of `d`
+//! direct descriptors ending in an indirect descriptor to a table of `t` entries reads `d + 1`
+//! direct descriptors and `t` table entries. Together with the one available-ring entry read by
+//! `pop_avail` (and one `avail.idx` read per batch of chains), that is every guest read the
+//! split ring makes for a chain.
+
+use core::fmt;
+
+use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
+use crate::wire::{DescFlags, SplitDesc, split_layout::DESC_SIZE};
+
+/// A validated buffer of a chain: guest address, length and direction (§2.7.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Descriptor {
+    addr: GuestAddress,
+    len: u32,
+    writable: bool,
+}
+
+impl Descriptor {
+    /// Guest-physical address of the buffer; `[addr, addr + len)` was checked to be guest RAM.
+    #[inline]
+    pub const fn addr(&self) -> GuestAddress {
+        self.addr
+    }
+
+    /// Length in bytes (never 0).
+    #[inline]
+    pub const fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Always `false`: zero-length descriptors are never yielded. Present for API symmetry.
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the buffer is device-writable ([`DescFlags::WRITE`]); otherwise device-readable.
+    #[doc(alias = "VIRTQ_DESC_F_WRITE")]
+    #[inline]
+    pub const fn is_write_only(&self) -> bool {
+        self.writable
+    }
+}
+
+/// Why a descriptor chain is malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ChainError {
+    /// A `next` index is outside the descriptor table or the indirect table (H3, §2.7.5).
+    NextOutOfRange {
+        /// The offending index.
+        next: u16,
+    },
+    /// More buffer descriptors than the queue size, or a loop (H4, §2.7.5.2).
+    TooLong,
+    /// INDIRECT used but VIRTIO_F_INDIRECT_DESC was not negotiated (H5m, §2.7.5.3.1).
+    IndirectNotNegotiated,
+    /// INDIRECT inside an indirect table (H5f, §2.7.5.3.1).
+    NestedIndirect,
+    /// INDIRECT together with NEXT (H5h/l, §2.7.5.3.1).
+    IndirectWithNext,
+    /// Indirect table length 0, not a multiple of 16, or more entries than allowed (H5a/c/d).
+    IndirectTableLength {
+        /// The table length in bytes.
+        len: u32,
+    },
+    /// A device-readable descriptor after a device-writable one (H10, §2.7.4.2).
+    ReadableAfterWritable,
+    /// The chain's total length exceeds `u32::MAX` (H7f, §2.7.5.2).
+    LengthOverflow,
+    /// A buffer, indirect table or descriptor lies outside guest RAM or overflows (H7, H8).
+    Memory(MemoryError),
+    /// The chain has more buffers than the caller's storage holds (H11).
+    TooManySegments,
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::NextOutOfRange { next } => write!(f, "descriptor next index {next} out of range"),
+            Self::TooLong => f.write_str("descriptor chain longer than the queue size (or looped)"),
+            Self::IndirectNotNegotiated => f.write_str("indirect descriptor without INDIRECT_DESC"),
+            Self::NestedIndirect => f.write_str("nested indirect descriptor"),
+            Self::IndirectWithNext => f.write_str("indirect descriptor with NEXT set"),
+            Self::IndirectTableLength { len } => write!(f, "invalid indirect table length {len}"),
+            Self::ReadableAfterWritable => {
+                f.write_str("device-readable descriptor after a writable one")
+            }
+            Self::LengthOverflow => f.write_str("descriptor chain longer than 2^32-1 bytes"),
+            Self::Memory(e) => write!(f, "descriptor buffer: {e}"),
+            Self::TooManySegments => f.write_str("descriptor chain exceeds the caller's capacity"),
+        }
+    }
+}
+
+impl core::error::Error for ChainError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Memory(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<MemoryError> for ChainError {
+    fn from(e: MemoryError) -> Self {
+        Self::Memory(e)
+    }
+}
+
+/// Per-chain accounting shared by every ring format: buffer count, direction order, total
+/// length and the guest-RAM check of each buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChainBudget {
+    /// Buffer descriptors (direct or indirect entries) seen so far.
+    count: u32,
+    /// Most buffer descriptors the chain may have.
+    limit: u32,
+    seen_writable: bool,
+    total: u64,
+}
+
+impl ChainBudget {
+    pub(crate) const fn new(limit: u32) -> Self {
+        Self {
+            count: 0,
+            limit,
+            seen_writable: false,
+            total: 0,
+        }
+    }
+
+    /// Count one more buffer descriptor and validate it. Returns the descriptor to yield, or
+    /// `None` for a zero-length one.
+    #[inline]
+    pub(crate) fn admit<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        addr: u64,
+        len: u32,
+        writable: bool,
+    ) -> Result<Option<Descriptor>, ChainError> {
+        if self.count >= self.limit {
+            return Err(ChainError::TooLong);
+        }
+        self.count = self.count.saturating_add(1);
+        if writable {
+            self.seen_writable = true;
+        } else if self.seen_writable {
+            return Err(ChainError::ReadableAfterWritable);
+        }
+        // `total` is at most u32::MAX before the addition, so this cannot overflow a u64.
+        self.total = self.total.saturating_add(u64::from(len));
+        if self.total > u64::from(u32::MAX) {
+            return Err(ChainError::LengthOverflow);
+        }
+        let addr = GuestAddress(addr);
+        mem.check_range(addr, u64::from(len))?;
+        Ok((len != 0).then_some(Descriptor {
+            addr,
+            len,
+            writable,
+        }))
+    }
+
+    /// Buffers still allowed.
+    #[inline]
+    pub(crate) const fn remaining(&self) -> u32 {
+        self.limit.saturating_sub(self.count)
+    }
+}
+
+/// A chain the driver made available: its head index plus what is needed to walk it.
+///
+/// A small `Copy` value that borrows neither the queue nor the memory, so a device can keep it
+/// (for example, posted receive buffers) and walk it later. Walking reads the descriptors then,
+/// so a kept chain must be completed before the queue is reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DescriptorChain {
+    head: u16,
+    size: u16,
+    indirect: bool,
+    desc_table: GuestAddress,
+}
+
+impl DescriptorChain {
+    pub(crate) const fn new(
+        head: u16,
+        size: u16,
+        indirect: bool,
+        desc_table: GuestAddress,
+    ) -> Self {
+        Self {
+            head,
+            size,
+            indirect,
+            desc_table,
+        }
+    }
+
+    /// Index of the chain's first descriptor: the `id` to complete it with (§2.7.8).
+    #[inline]
+    pub const fn head_index(&self) -> u16 {
+        self.head
+    }
+
+    /// Walk the chain, fetching each descriptor from guest memory once.
+    ///
+    /// The iterator yields validated, non-empty [`Descriptor`]s in chain order; on the first
+    /// violation it yields `Some(Err(_))` and then `None` for ever.
+    #[inline]
+    pub fn iter<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> DescriptorIter<'m, M> {
+        DescriptorIter {
+            mem,
+            table: self.desc_table,
+            table_len: self.size,
+            next: Some(self.head),
+            hops: 0,
+            hop_limit: self.size,
+            in_indirect: false,
+            indirect_allowed: self.indirect,
+            budget: ChainBudget::new(u32::from(self.size)),
+        }
+    }
+
+    /// Walk and validate the whole chain into `out` before the device touches any data.
+    ///
+    /// `out` is cleared first. On error it is left empty, so no partial chain survives
+    /// (H11: a chain with more than `N` buffers is [`ChainError::TooManySegments`]).
+    pub fn copy_into<M: GuestMemory + ?Sized, const N: usize>(
+        &self,
+        mem: &M,
+        out: &mut heapless::Vec<Descriptor, N>,
+    ) -> Result<(), ChainError> {
+        out.clear();
+        for d in self.iter(mem) {
+            let pushed = match d {
+                Ok(d) => out.push(d).map_err(|_| ChainError::TooManySegments),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = pushed {
+                out.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Iterator over a chain's validated descriptors; see [`DescriptorChain::iter`].
+#[derive(Debug)]
+pub struct DescriptorIter<'m, M: ?Sized> {
+    mem: &'m M,
+    /// Table being walked: the descriptor table, then possibly one indirect table.
+    table: GuestAddress,
+    /// Entries in `table`.
+    table_len: u16,
+    /// Next entry to fetch; `None` once the chain ended or failed.
+    next: Option<u16>,
+    /// Descriptors fetched from the current table, bounded by `hop_limit`.
+    hops: u16,
+    hop_limit: u16,
+    in_indirect: bool,
+    indirect_allowed: bool,
+    budget: ChainBudget,
+}
+
+impl<M: GuestMemory + ?Sized> DescriptorIter<'_, M> {
+    fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
+        self.next = None;
+        debug!("virtq: malformed chain: {}", e);
+        Some(Err(e))
+    }
+}
+
+impl<M: GuestMemory + ?Sized> Iterator for DescriptorIter<'_, M> {
+    type Item = Result<Descriptor, ChainError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Every turn either returns or fetches one more descriptor; fetches are bounded by
+        // `size` in the descriptor table plus the entry count of at most one indirect table.
+        loop {
+            let idx = self.next?;
+            // Hop bound of the current table: `size` in the descriptor table, the entry count
+            // in an indirect table. A loop ends here.
+            if self.hops >= self.hop_limit {
+                return self.fail(ChainError::TooLong);
+            }
+            self.hops = self.hops.saturating_add(1);
+            // `idx < table_len <= 2^16`, so the offset fits easily in a u64; the table range
+            // itself was checked (descriptor table at queue enable, indirect table below).
+            let Some(addr) = self
+                .table
+                .checked_add(u64::from(idx).saturating_mul(DESC_SIZE))
+            else {
+                return self.fail(ChainError::Memory(MemoryError::Overflow {
+                    addr: self.table.0,
+                    len: DESC_SIZE,
+                }));
+            };
+            // The one fetch of this descriptor; every check below uses this copy.
+            let desc: SplitDesc = match self.mem.read_obj(addr) {
+                Ok(d) => d,
+                Err(e) => return self.fail(ChainError::Memory(e)),
+            };
+            let flags = DescFlags::from_bits_retain(desc.flags.get());
+            let len = desc.len.get();
+
+            if flags.contains(DescFlags::INDIRECT) {
+                let err = if self.in_indirect {
+                    Some(ChainError::NestedIndirect)
+                } else if !self.indirect_allowed {
+                    Some(ChainError::IndirectNotNegotiated)
+                } else if flags.contains(DescFlags::NEXT) {
+                    Some(ChainError::IndirectWithNext)
+                } else {
+                    None
+                };
+                if let Some(e) = err {
+                    return self.fail(e);
+                }
+                let entries = len / 16;
+                if len == 0 || !len.is_multiple_of(16) || entries > self.budget.remaining() {
+                    return self.fail(ChainError::IndirectTableLength { len });
+                }
+                let table = GuestAddress(desc.addr.get());
+                if let Err(e) = self.mem.check_range(table, u64::from(len)) {
+                    return self.fail(ChainError::Memory(e));
+                }
+                // `entries <= remaining <= size <= 32768`, so it fits in a u16.
+                let Ok(entries) = u16::try_from(entries) else {
+                    return self.fail(ChainError::IndirectTableLength { len });
+                };
+                self.table = table;
+                self.table_len = entries;
+                self.hops = 0;
+                self.hop_limit = entries;
+                self.in_indirect = true;
+                self.next = Some(0);
+                continue;
+            }
+
+            let admitted = self.budget.admit(
+                self.mem,
+                desc.addr.get(),
+                len,
+                flags.contains(DescFlags::WRITE),
+            );
+            let admitted = match admitted {
+                Ok(a) => a,
+                Err(e) => return self.fail(e),
+            };
+            self.next = if flags.contains(DescFlags::NEXT) {
+                let next = desc.next.get();
+                if next >= self.table_len {
+                    return self.fail(ChainError::NextOutOfRange { next });
+                }
+                Some(next)
+            } else {
+                None
+            };
+            if let Some(d) = admitted {
+                return Some(Ok(d));
+            }
+        }
+    }
+}
+
+impl<M: GuestMemory + ?Sized> core::iter::FusedIterator for DescriptorIter<'_, M> {}

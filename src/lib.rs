@@ -1,0 +1,85 @@
+//! # virtq — the device side of VIRTIO virtqueues for bare-metal hypervisors
+//!
+//! `virtq` serves the *device* side of virtio virtqueues (VIRTIO 1.4 §2.6–2.7) for a
+//! hypervisor or firmware that has no operating system beneath it. The guest that drives the
+//! queues is untrusted: every byte it wrote into a descriptor table, a ring or a transport
+//! register may be hostile and may change while the device reads it. The library
+//!
+//! * reads guest memory only through the [`GuestMemory`] trait the hypervisor implements over
+//!   its stage-2 mapping (two implementations are provided: [`memory::HostRegion`] and
+//!   [`memory::RegionTable`]);
+//! * copies every descriptor and ring entry out of guest memory exactly once and validates the
+//!   copy (no double fetch);
+//! * accesses index words (`avail.idx`, ring entries, `used.idx`) as single-copy-atomic 16-bit
+//!   loads and stores, with explicit, commented memory barriers;
+//! * never panics, never allocates, and bounds every loop by the queue size, whatever the guest
+//!   writes; a malformed ring or chain is a typed error ([`QueueError`], [`ChainError`]).
+//!
+//! ## Layers
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`split`] | [`Queue`], the split virtqueue (§2.7) |
+//! | [`chain`] | [`DescriptorChain`], validated [`Descriptor`]s and the chain walk |
+//! | [`memory`] | [`GuestAddress`], [`GuestMemory`] and the provided accessors |
+//! | [`wire`] | little-endian layouts of the ring structures, flag words, feature bits |
+//!
+//! ## A device loop in a few lines
+//!
+//! ```
+//! use virtq::{GuestAddress, GuestMemory, Queue, QueueError};
+//!
+//! /// Serve every chain the driver made available; complete each with the bytes written.
+//! fn serve<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> Result<(), QueueError> {
+//!     while let Some(chain) = q.pop_avail(mem)? {
+//!         let mut written = 0u32;
+//!         for desc in chain.iter(mem) {
+//!             match desc {
+//!                 // A real device reads or writes the buffer here.
+//!                 Ok(d) if d.is_write_only() => written = written.saturating_add(d.len()),
+//!                 Ok(_) => {}
+//!                 // A malformed chain: complete it with length 0 (or mark the queue broken).
+//!                 Err(_) => { written = 0; break; }
+//!             }
+//!         }
+//!         q.push_used(mem, chain.head_index(), written)?;
+//!     }
+//!     Ok(())
+//! }
+//! # let _ = serve::<virtq::memory::RegionTable<1>>;
+//! ```
+#![no_std]
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
+#[macro_use]
+mod log;
+
+pub mod chain;
+pub mod error;
+pub mod memory;
+pub mod split;
+pub mod wire;
+
+pub use chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
+pub use error::QueueError;
+pub use memory::{GuestAddress, GuestMemory, MemoryError};
+pub use split::Queue;
+pub use wire::Features;

@@ -1,0 +1,11 @@
+//! Host-side test kit for `virtq`: guest RAM in a `Vec`, and a driver-side model of the split
+//! ring that publishes well-formed and hostile chains and reads the used ring back.
+//!
+//! Device authors can use it for their own tests. It is `std` code and never part of a
+//! hypervisor image.
+
+pub mod memory;
+pub mod split;
+
+pub use memory::{Access, AccessKind, TestMemory};
+pub use split::{SplitDriver, desc_flags};
