@@ -49,6 +49,9 @@ pub enum QueueError {
         /// The head the device passed.
         head: u16,
     },
+    /// Not fatal: an [`InOrder`](crate::in_order::InOrder) tracker is full (its capacity is
+    /// below the queue size); nothing was consumed.
+    InOrderCapacity,
     /// Not fatal: `push_used` named a head that is not in flight (completed twice, or popped
     /// before a reset). Nothing was written.
     HeadNotInFlight {
@@ -85,6 +88,7 @@ impl fmt::Display for QueueError {
             Self::Chain(e) => write!(f, "malformed descriptor chain: {e}"),
             Self::InvalidUsedHead { head } => write!(f, "used head {head} is out of range"),
             Self::HeadNotInFlight { head } => write!(f, "used head {head} is not in flight"),
+            Self::InOrderCapacity => f.write_str("in-order tracker is full"),
         }
     }
 }

@@ -74,12 +74,15 @@ mod log;
 
 pub mod chain;
 pub mod error;
+pub mod in_order;
 pub mod memory;
+pub mod notify;
 pub mod split;
 pub mod wire;
 
 pub use chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
 pub use error::QueueError;
 pub use memory::{GuestAddress, GuestMemory, MemoryError};
+pub use notify::{Completion, DrainReport};
 pub use split::Queue;
 pub use wire::Features;

@@ -28,7 +28,10 @@ use core::sync::atomic::{Ordering, fence};
 use crate::chain::{ChainError, DescriptorChain};
 use crate::error::QueueError;
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
-use crate::wire::{Features, MAX_QUEUE_SIZE, UsedElem, split_layout as layout};
+use crate::notify::{Completion, DrainReport, need_event};
+use crate::wire::{
+    AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
+};
 
 const IN_FLIGHT_WORDS: usize = MAX_QUEUE_SIZE as usize / 64;
 
@@ -132,6 +135,13 @@ pub struct Queue {
     shadow_avail_idx: u16,
     /// `used.idx` as last published to the guest.
     published_used_idx: u16,
+    /// `used.idx` when [`needs_notification`](Self::needs_notification) last answered.
+    notify_base: u16,
+    /// Used elements published since that answer (saturating; ≥ 2¹⁶ forces a notification,
+    /// because the 16-bit window test cannot see a batch that large).
+    unsignalled: u32,
+    /// The device wants available-buffer notifications (kicks).
+    kicks_enabled: bool,
     in_flight: InFlight,
 }
 
@@ -192,6 +202,9 @@ impl Queue {
             error: None,
             shadow_avail_idx: 0,
             published_used_idx: 0,
+            notify_base: 0,
+            unsignalled: 0,
+            kicks_enabled: true,
             in_flight: InFlight::new(),
         }
     }
@@ -376,6 +389,11 @@ impl Queue {
             return Err(self.fail(QueueError::DuplicateHead { head }));
         }
         self.next_avail_idx = self.next_avail_idx.wrapping_add(1);
+        if self.kicks_enabled && self.features.contains(Features::EVENT_IDX) {
+            // Keep `avail_event` current (SPLIT-61): the driver kicks again only once it
+            // publishes past what the device has taken.
+            self.store_avail_event(mem)?;
+        }
         trace!("virtq: popped head {}", head);
         Ok(Some(DescriptorChain::new(
             head,
@@ -437,6 +455,7 @@ impl Queue {
             return Err(self.fail(e.into()));
         }
         self.published_used_idx = self.next_used_idx;
+        self.unsignalled = self.unsignalled.saturating_add(u32::from(count));
         Ok(count)
     }
 
@@ -451,6 +470,189 @@ impl Queue {
     ) -> Result<(), QueueError> {
         self.add_used(mem, head_index, bytes_written)?;
         self.publish_used(mem).map(|_| ())
+    }
+
+    /// Retire `head` from the in-flight set without writing a used element (its completion is
+    /// covered by an in-order batch element).
+    pub(crate) fn retire(&mut self, head: u16) -> bool {
+        self.in_flight.remove(head)
+    }
+
+    /// Whether `head` is in flight.
+    pub(crate) fn is_in_flight(&self, head: u16) -> bool {
+        self.in_flight.contains(head)
+    }
+
+    /// Write one used element for a whole in-order batch (§2.7.9): id `last_head`, length
+    /// `len`, at the next used slot, and advance the used cursor by `count`. The caller has
+    /// retired the other heads of the batch.
+    pub(crate) fn add_used_batch<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        last_head: u16,
+        len: u32,
+        count: u16,
+    ) -> Result<(), QueueError> {
+        self.add_used(mem, last_head, len)?;
+        // `add_used` advanced the cursor by one; the batch covers `count` entries.
+        self.next_used_idx = self.next_used_idx.wrapping_add(count.saturating_sub(1));
+        Ok(())
+    }
+
+    fn store_avail_event<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<(), QueueError> {
+        let at = self.used_addr(layout::avail_event_offset(self.size))?;
+        mem.store_u16(at, self.next_avail_idx)
+            .map_err(|e| self.fail(e.into()))
+    }
+
+    fn store_used_flags<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        flags: UsedFlags,
+    ) -> Result<(), QueueError> {
+        mem.store_u16(self.used_ring_addr, flags.bits())
+            .map_err(|e| self.fail(e.into()))
+    }
+
+    /// Must the driver be sent a used-buffer notification now (§2.7.7.2)?
+    ///
+    /// Call after publishing one or a batch of used elements; the answer covers everything
+    /// published since the previous call. With EVENT_IDX: whether `used_event` lies in the
+    /// window of indices published (wrap-safe, [`need_event`]); avail flags are ignored.
+    /// Without: whether the driver left `VIRTQ_AVAIL_F_NO_INTERRUPT` clear. A full fence
+    /// separates the `used.idx` store from the read of the driver's suppression state
+    /// (SPLIT-53), so a driver that re-enables interrupts concurrently is never missed.
+    #[doc(alias = "vring_need_event")]
+    pub fn needs_notification<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<bool, QueueError> {
+        self.usable()?;
+        let (old, new) = (self.notify_base, self.published_used_idx);
+        let unsignalled = self.unsignalled;
+        if unsignalled == 0 {
+            return Ok(false);
+        }
+        self.notify_base = new;
+        self.unsignalled = 0;
+        // Full fence (store→load): `used.idx` must be visible to the driver before we read
+        // `used_event` / the avail flags, or a driver that just re-enabled interrupts and saw
+        // the old `used.idx` would sleep while we suppress (SPLIT-53).
+        fence(Ordering::SeqCst);
+        if self.features.contains(Features::EVENT_IDX) {
+            let at = self.avail_addr(layout::used_event_offset(self.size))?;
+            let event = mem.load_u16(at).map_err(|e| self.fail(e.into()))?;
+            // More than 2^16 - 1 entries since the last answer: the window test cannot tell,
+            // so notify.
+            Ok(unsignalled > u32::from(u16::MAX) || need_event(event, new, old))
+        } else {
+            let flags = mem
+                .load_u16(self.avail_ring_addr)
+                .map_err(|e| self.fail(e.into()))?;
+            // Only bit 0 has a meaning (SPLIT-52); any other bits are ignored.
+            Ok(!AvailFlags::from_bits_retain(flags).contains(AvailFlags::NO_INTERRUPT))
+        }
+    }
+
+    /// Ask the driver not to send available-buffer notifications (§2.7.10): without EVENT_IDX
+    /// sets `VIRTQ_USED_F_NO_NOTIFY`; with EVENT_IDX stops advancing `avail_event` (used flags
+    /// stay 0, SPLIT-59). Notifications are a hint: the driver may still send some.
+    pub fn disable_notification<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<(), QueueError> {
+        self.usable()?;
+        if !self.kicks_enabled {
+            return Ok(());
+        }
+        self.kicks_enabled = false;
+        if !self.features.contains(Features::EVENT_IDX) {
+            self.store_used_flags(mem, UsedFlags::NO_NOTIFY)?;
+        }
+        Ok(())
+    }
+
+    /// Ask the driver for available-buffer notifications again, then re-check the ring
+    /// (SPLIT-62). Returns `true` if chains are available: the device must keep draining
+    /// instead of going to sleep, because the driver may have published them before it saw
+    /// the re-enable and so will not kick for them.
+    ///
+    /// Without EVENT_IDX clears `VIRTQ_USED_F_NO_NOTIFY`; with EVENT_IDX writes
+    /// `avail_event = next_avail_idx`. A full fence orders that store before the re-read of
+    /// `avail.idx`.
+    pub fn enable_notification<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<bool, QueueError> {
+        self.usable()?;
+        self.kicks_enabled = true;
+        if self.features.contains(Features::EVENT_IDX) {
+            self.store_avail_event(mem)?;
+        } else {
+            self.store_used_flags(mem, UsedFlags::empty())?;
+        }
+        // Full fence (store→load): the driver must be able to see the re-enable before we
+        // look at `avail.idx` again, or work published in between would get no kick and we
+        // would not see it either.
+        fence(Ordering::SeqCst);
+        Ok(self.pending(mem)? != 0)
+    }
+
+    /// Whether the device currently asks for available-buffer notifications.
+    pub const fn notifications_enabled(&self) -> bool {
+        self.kicks_enabled
+    }
+
+    /// Process at most `budget` chains, then publish the completions once and decide the
+    /// interrupt once: the drain loop a device runs on every kick (§2.7.13, §2.7.10).
+    ///
+    /// Kicks are disabled while draining. When the ring runs dry they are re-enabled and the
+    /// ring re-checked, so work that raced in is processed rather than slept on. When the
+    /// budget runs out first, kicks stay disabled and the report says `more`: the caller must
+    /// schedule another call (a guest refilling as fast as the device consumes cannot starve
+    /// the hypervisor, H17). On a broken queue this returns the sticky error in O(1).
+    ///
+    /// `handle` gets each chain and says what to do with it ([`Completion`]).
+    pub fn drain<M, F>(
+        &mut self,
+        mem: &M,
+        budget: usize,
+        mut handle: F,
+    ) -> Result<DrainReport, QueueError>
+    where
+        M: GuestMemory + ?Sized,
+        F: FnMut(DescriptorChain) -> Completion,
+    {
+        let mut report = DrainReport::default();
+        self.disable_notification(mem)?;
+        loop {
+            while report.processed < budget {
+                let Some(chain) = self.pop_avail(mem)? else {
+                    break;
+                };
+                report.processed = report.processed.saturating_add(1);
+                match handle(chain) {
+                    Completion::Used(len) => self.add_used(mem, chain.head_index(), len)?,
+                    Completion::Deferred => {}
+                    Completion::Broken(e) => {
+                        self.mark_broken(e);
+                        return Err(QueueError::Chain(e));
+                    }
+                }
+            }
+            if report.processed >= budget && self.has_pending(mem)? {
+                report.more = true;
+                break;
+            }
+            if !self.enable_notification(mem)? {
+                break;
+            }
+            // Work raced in while re-enabling: keep going (within the budget).
+            self.disable_notification(mem)?;
+        }
+        report.completed = self.publish_used(mem)?;
+        report.notify = self.needs_notification(mem)?;
+        Ok(report)
     }
 }
 
