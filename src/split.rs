@@ -130,9 +130,10 @@ pub struct Queue {
     pub features: Features,
     /// The fatal error that stopped the queue, if any (sticky until reset).
     error: Option<QueueError>,
-    /// `avail.idx` as last read: chains between `next_avail_idx` and this are known to be
-    /// available without reading the index again.
+    /// `avail.idx` as last read, and `next_avail_idx` at that moment: entries between the
+    /// two are known to be available without reading the index again.
     shadow_avail_idx: u16,
+    shadow_base: u16,
     /// `used.idx` as last published to the guest.
     published_used_idx: u16,
     /// `used.idx` when [`needs_notification`](Self::needs_notification) last answered.
@@ -201,6 +202,7 @@ impl Queue {
             features: Features::empty(),
             error: None,
             shadow_avail_idx: 0,
+            shadow_base: 0,
             published_used_idx: 0,
             notify_base: 0,
             unsignalled: 0,
@@ -329,9 +331,13 @@ impl Queue {
     /// `size` ahead (H1).
     #[inline]
     fn pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
-        let cached = self.shadow_avail_idx.wrapping_sub(self.next_avail_idx);
-        if cached != 0 && cached <= self.size {
-            return Ok(cached);
+        // Entries seen at the last read and not yet taken. Measured from `shadow_base` so a
+        // cursor moved by the owner of the public fields (a restore, say) never makes stale
+        // knowledge look valid.
+        let seen = self.shadow_avail_idx.wrapping_sub(self.shadow_base);
+        let taken = self.next_avail_idx.wrapping_sub(self.shadow_base);
+        if taken < seen {
+            return Ok(seen.wrapping_sub(taken));
         }
         let idx = match mem.load_u16(self.avail_addr(layout::IDX_OFFSET)?) {
             Ok(v) => v,
@@ -348,6 +354,7 @@ impl Queue {
             }));
         }
         self.shadow_avail_idx = idx;
+        self.shadow_base = self.next_avail_idx;
         Ok(pending)
     }
 

@@ -175,33 +175,56 @@ impl TestMemory {
             });
     }
 
+    /// Call `f(region, addr)` for every byte of `[addr, addr + len)`, crossing seams between
+    /// adjacent regions.
+    fn each_byte(
+        &self,
+        addr: u64,
+        len: u64,
+        mut f: impl FnMut(&Region, u64, usize),
+    ) -> Result<(), MemoryError> {
+        self.check_range(GuestAddress(addr), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut r = self.region(addr, 0)?;
+        for i in 0..len {
+            let at = addr + i;
+            if at >= r.base + r.len() {
+                r = self.region(at, 1)?;
+            }
+            f(r, at, i as usize);
+        }
+        Ok(())
+    }
+
     /// Driver-side (guest) read, not recorded. Panics outside RAM: test set-up errors.
     pub fn peek(&self, addr: u64, len: usize) -> Vec<u8> {
-        let r = self.region(addr, len as u64).expect("peek outside RAM");
-        (0..len as u64).map(|i| self.byte(r, addr + i)).collect()
+        let mut out = vec![0u8; len];
+        self.each_byte(addr, len as u64, |r, at, i| out[i] = self.byte(r, at))
+            .expect("peek outside RAM");
+        out
     }
 
     /// Driver-side (guest) write, not recorded. Panics outside RAM: test set-up errors.
     pub fn poke(&self, addr: u64, bytes: &[u8]) {
-        let r = self
-            .region(addr, bytes.len() as u64)
-            .expect("poke outside RAM");
-        for (i, b) in bytes.iter().enumerate() {
-            self.set_byte(r, addr + i as u64, *b);
-        }
+        self.each_byte(addr, bytes.len() as u64, |r, at, i| {
+            self.set_byte(r, at, bytes[i])
+        })
+        .expect("poke outside RAM");
     }
 
     /// Driver-side single-copy-atomic 16-bit load (`addr` even), not recorded.
     pub fn peek_u16(&self, addr: u64) -> u16 {
         let r = self.region(addr, 2).expect("peek_u16 outside RAM");
-        assert!(addr % 2 == 0);
+        assert!(addr.is_multiple_of(2));
         u16::from_le(r.words[((addr - r.base) / 2) as usize].load(Ordering::Relaxed))
     }
 
     /// Driver-side single-copy-atomic 16-bit store (`addr` even), not recorded.
     pub fn poke_u16(&self, addr: u64, v: u16) {
         let r = self.region(addr, 2).expect("poke_u16 outside RAM");
-        assert!(addr % 2 == 0);
+        assert!(addr.is_multiple_of(2));
         r.words[((addr - r.base) / 2) as usize].store(v.to_le(), Ordering::Relaxed);
     }
 
@@ -220,18 +243,7 @@ impl GuestMemory for TestMemory {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         let (a, len) = (addr.0, buf.len() as u64);
         self.record(AccessKind::Read, a, len);
-        self.check_range(addr, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let mut r = self.region(a, 0)?;
-        for (i, b) in buf.iter_mut().enumerate() {
-            let at = a + i as u64;
-            if at >= r.base + r.len() {
-                r = self.region(at, 1)?; // the adjacent region across a seam
-            }
-            *b = self.byte(r, at);
-        }
+        self.each_byte(a, len, |r, at, i| buf[i] = self.byte(r, at))?;
         self.after_read(a, len);
         Ok(())
     }
@@ -239,24 +251,12 @@ impl GuestMemory for TestMemory {
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
         let (a, len) = (addr.0, buf.len() as u64);
         self.record(AccessKind::Write, a, len);
-        self.check_range(addr, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let mut r = self.region(a, 0)?;
-        for (i, b) in buf.iter().enumerate() {
-            let at = a + i as u64;
-            if at >= r.base + r.len() {
-                r = self.region(at, 1)?; // the adjacent region across a seam
-            }
-            self.set_byte(r, at, *b);
-        }
-        Ok(())
+        self.each_byte(a, len, |r, at, i| self.set_byte(r, at, buf[i]))
     }
 
     fn load_u16(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
         self.record(AccessKind::Load16, addr.0, 2);
-        if addr.0 % 2 != 0 {
+        if !addr.0.is_multiple_of(2) {
             return Err(MemoryError::Misaligned { addr: addr.0 });
         }
         let r = self.region(addr.0, 2)?;
@@ -267,7 +267,7 @@ impl GuestMemory for TestMemory {
 
     fn store_u16(&self, addr: GuestAddress, value: u16) -> Result<(), MemoryError> {
         self.record(AccessKind::Store16, addr.0, 2);
-        if addr.0 % 2 != 0 {
+        if !addr.0.is_multiple_of(2) {
             return Err(MemoryError::Misaligned { addr: addr.0 });
         }
         let r = self.region(addr.0, 2)?;
