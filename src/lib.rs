@@ -21,6 +21,7 @@
 //! |---|---|
 //! | [`split`] | [`Queue`], the split virtqueue (§2.7) |
 //! | [`chain`] | [`DescriptorChain`], validated [`Descriptor`]s and the chain walk |
+//! | [`io`] | [`Reader`] / [`Writer`]: byte streams over a chain's buffers, exact used length |
 //! | [`memory`] | [`GuestAddress`], [`GuestMemory`] and the provided accessors |
 //! | [`wire`] | little-endian layouts of the ring structures, flag words, feature bits |
 //!
@@ -75,6 +76,7 @@ mod log;
 pub mod chain;
 pub mod error;
 pub mod in_order;
+pub mod io;
 pub mod memory;
 pub mod notify;
 pub mod split;
@@ -82,6 +84,7 @@ pub mod wire;
 
 pub use chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
 pub use error::QueueError;
+pub use io::{ChainReader, ChainWriter, IoError, Reader, Writer};
 pub use memory::{GuestAddress, GuestMemory, MemoryError};
 pub use notify::{Completion, DrainReport};
 pub use split::Queue;
