@@ -392,15 +392,18 @@ impl Queue {
         if head >= self.size {
             return Err(self.fail(QueueError::HeadOutOfRange { head }));
         }
-        if !self.in_flight.insert(head) {
+        if self.in_flight.contains(head) {
             return Err(self.fail(QueueError::DuplicateHead { head }));
         }
-        self.next_avail_idx = self.next_avail_idx.wrapping_add(1);
+        let next = self.next_avail_idx.wrapping_add(1);
         if self.kicks_enabled && self.features.contains(Features::EVENT_IDX) {
             // Keep `avail_event` current (SPLIT-61): the driver kicks again only once it
-            // publishes past what the device has taken.
-            self.store_avail_event(mem)?;
+            // publishes past what the device has taken. Stored before anything is consumed, so
+            // a failure leaves the entry in the ring.
+            self.store_avail_event(mem, next)?;
         }
+        self.in_flight.insert(head);
+        self.next_avail_idx = next;
         trace!("virtq: popped head {}", head);
         Ok(Some(DescriptorChain::new(
             head,
@@ -506,10 +509,14 @@ impl Queue {
         Ok(())
     }
 
-    fn store_avail_event<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<(), QueueError> {
+    /// Store `avail_event` (§2.7.10): "kick me when you publish the entry at `value`".
+    fn store_avail_event<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        value: u16,
+    ) -> Result<(), QueueError> {
         let at = self.used_addr(layout::avail_event_offset(self.size))?;
-        mem.store_u16(at, self.next_avail_idx)
-            .map_err(|e| self.fail(e.into()))
+        mem.store_u16(at, value).map_err(|e| self.fail(e.into()))
     }
 
     fn store_used_flags<M: GuestMemory + ?Sized>(
@@ -594,7 +601,7 @@ impl Queue {
         self.usable()?;
         self.kicks_enabled = true;
         if self.features.contains(Features::EVENT_IDX) {
-            self.store_avail_event(mem)?;
+            self.store_avail_event(mem, self.next_avail_idx)?;
         } else {
             self.store_used_flags(mem, UsedFlags::empty())?;
         }
