@@ -19,6 +19,7 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`transport`] | [`MmioTransport`](transport::MmioTransport): the virtio-mmio register file (§4.2, v2 and legacy) a trap handler forwards to, and the [`VirtioDevice`](transport::VirtioDevice) trait a device model implements |
 //! | [`split`] | [`Queue`], the split virtqueue (§2.7) |
 //! | [`chain`] | [`DescriptorChain`], validated [`Descriptor`]s and the chain walk |
 //! | [`io`] | [`Reader`] / [`Writer`]: byte streams over a chain's buffers, exact used length |
@@ -80,6 +81,7 @@ pub mod io;
 pub mod memory;
 pub mod notify;
 pub mod split;
+pub mod transport;
 pub mod wire;
 
 pub use chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};

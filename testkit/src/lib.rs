@@ -1,9 +1,15 @@
 //! Host-side test kit for `virtq`: guest RAM in a `Vec`, and a driver-side model of the split
 //! ring that publishes well-formed and hostile chains and reads the used ring back.
 //!
+//! [`guest`] lets the real `virtio-drivers` guest drive a device through the virtio-mmio trap
+//! path, and [`devices`] holds example device models (blk RAM disk, echo console, net
+//! loopback) built only on `virtq`'s public API.
+//!
 //! Device authors can use it for their own tests. It is `std` code and never part of a
 //! hypervisor image.
 
+pub mod devices;
+pub mod guest;
 pub mod memory;
 pub mod split;
 

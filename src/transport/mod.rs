@@ -1,0 +1,109 @@
+//! Transports: how a guest finds a device, negotiates features, programs queues and exchanges
+//! notifications (VIRTIO 1.4 §4).
+//!
+//! A transport owns the queues and the device status state machine; the device model plugs in
+//! through [`VirtioDevice`]. Today the only transport is virtio-mmio ([`mmio`], §4.2), the one
+//! a hypervisor on Arm or RISC-V exposes to its guests: the hypervisor traps every access to the
+//! device's register window and forwards it to [`MmioTransport::read`] /
+//! [`MmioTransport::write`].
+
+pub mod mmio;
+
+pub use mmio::{MmioTransport, MmioVersion, NotifyMode, QueueSetupError};
+
+use crate::memory::GuestMemory;
+use crate::split::Queue;
+
+/// A device model served by a transport (VIRTIO 1.4 §2, §5).
+///
+/// The transport handles everything device-independent (status, feature negotiation, queue
+/// setup and validation, interrupts); the device supplies its identity, its features, its
+/// configuration space and what to do when a queue is notified.
+pub trait VirtioDevice {
+    /// The virtio device type (§5: 1 = network, 2 = block, 3 = console, ...). 0 marks an empty
+    /// slot that drivers ignore.
+    #[doc(alias = "DeviceID")]
+    fn device_id(&self) -> u32;
+
+    /// Subsystem vendor ID shown in the `VendorID` register (§4.2.2). Any value.
+    #[doc(alias = "VendorID")]
+    fn vendor_id(&self) -> u32 {
+        0
+    }
+
+    /// Feature bits the device supports: its device-specific bits plus the device-independent
+    /// ones it can honour (for example [`Features::INDIRECT_DESC`](crate::Features),
+    /// `EVENT_IDX`). The transport adds `VERSION_1` where the transport requires it and removes
+    /// every bit the transport cannot carry (§2.2.2, FEAT-06, MMIO-31).
+    #[doc(alias = "DeviceFeatures")]
+    fn device_features(&self) -> u64;
+
+    /// Extra checks on the set the driver accepted, for example feature prerequisites
+    /// (§2.2.2). Called at FEATURES_OK after the transport checked that `accepted` is a subset
+    /// of what was offered. Returning `false` refuses FEATURES_OK (FEAT-05).
+    fn validate_features(&self, accepted: u64) -> bool {
+        let _ = accepted;
+        true
+    }
+
+    /// Largest size of queue `index` (`QueueNumMax`), or 0 if the queue does not exist. Asked
+    /// once, when the transport is built; rounded down to a power of two ≤ 32768.
+    #[doc(alias = "QueueNumMax")]
+    fn queue_max_size(&self, index: u16) -> u16;
+
+    /// Read `data.len()` (1, 2 or 4) bytes of device-specific configuration at `offset`
+    /// (§2.5, little-endian). `data` arrives zeroed; leave bytes past the end of the
+    /// configuration untouched (they read as zero). [`config_read`] does this for a byte
+    /// image.
+    fn read_config(&self, offset: u32, data: &mut [u8]);
+
+    /// Write device-specific configuration (§2.5). Ignore what is read-only or out of range.
+    fn write_config(&mut self, offset: u32, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// The driver set DRIVER_OK: the device is live with `negotiated` features (§3.1.1).
+    fn activate(&mut self, negotiated: u64) {
+        let _ = negotiated;
+    }
+
+    /// Device reset (§2.4): drop all device state, including chains kept for later. The
+    /// transport resets the queues itself.
+    fn reset(&mut self) {}
+
+    /// Queue `index` alone was stopped or reset: `QueueReset` (§2.6.1, RING_RESET),
+    /// `QueueReady = 0`, or legacy `QueuePFN = 0`. Drop every chain kept from that queue: its
+    /// heads may be reused by the driver after the queue is enabled again (H19).
+    fn queue_reset(&mut self, index: u16) {
+        let _ = index;
+    }
+
+    /// Queue `index` was notified (or is being polled): process what the driver made
+    /// available. `queues` is every queue of the device (a device such as a network loopback
+    /// may complete chains on another queue); only ready, unbroken queues should be touched,
+    /// and every `Queue` method refuses the others in O(1).
+    ///
+    /// Return `true` if a used-buffer notification is due, typically
+    /// [`DrainReport::notify`](crate::DrainReport) from [`Queue::drain`]. After the handler
+    /// returns, the transport also asks every live queue
+    /// [`Queue::needs_notification`], and turns a queue that became broken into
+    /// DEVICE_NEEDS_RESET.
+    fn queue_notify<M: GuestMemory + ?Sized>(
+        &mut self,
+        index: u16,
+        queues: &mut [Queue],
+        mem: &M,
+    ) -> bool;
+}
+
+/// Copy the part of `image` (a device's configuration space as bytes) that `[offset, offset +
+/// data.len())` covers into `data`; bytes past the end of `image` are left as they are (zero).
+pub fn config_read(image: &[u8], offset: u32, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    let src = image.get(start..).unwrap_or(&[]);
+    for (d, s) in data.iter_mut().zip(src) {
+        *d = *s;
+    }
+}
