@@ -130,6 +130,10 @@ pub struct Queue {
     pub features: Features,
     /// The fatal error that stopped the queue, if any (sticky until reset).
     error: Option<QueueError>,
+    /// The configuration [`is_valid`](Self::is_valid) last accepted. The hot path compares
+    /// the public fields against it instead of re-validating every call; any change to them
+    /// triggers a full re-validation.
+    validated: Option<Config>,
     /// `avail.idx` as last read, and `next_avail_idx` at that moment: entries between the
     /// two are known to be available without reading the index again.
     shadow_avail_idx: u16,
@@ -171,6 +175,17 @@ const fn ring_offset(slot: u16, entry_size: u64) -> u64 {
     layout::RING_OFFSET.wrapping_add((slot as u64).wrapping_mul(entry_size))
 }
 
+/// The part of a queue's configuration that [`Queue::is_valid`] judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Config {
+    size: u16,
+    max_size: u16,
+    ready: bool,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+}
+
 /// Largest power of two `<= v` (0 for 0).
 const fn floor_pow2(v: u16) -> u16 {
     // `leading_zeros() <= 15` for a non-zero u16, so the shift is in range.
@@ -201,6 +216,7 @@ impl Queue {
             next_used_idx: 0,
             features: Features::empty(),
             error: None,
+            validated: None,
             shadow_avail_idx: 0,
             shadow_base: 0,
             published_used_idx: 0,
@@ -302,13 +318,35 @@ impl Queue {
         e
     }
 
-    /// Common entry check: O(1) for a broken or unconfigured queue.
+    /// Common entry check: O(1) for a broken or unconfigured queue, and a handful of
+    /// compares for a configured one.
     #[inline]
-    fn usable(&self) -> Result<(), QueueError> {
-        match self.error {
-            Some(e) => Err(e),
-            None if !self.is_valid() => Err(QueueError::NotReady),
-            None => Ok(()),
+    fn usable(&mut self) -> Result<(), QueueError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let cfg = Config {
+            size: self.size,
+            max_size: self.max_size,
+            ready: self.ready,
+            desc: self.desc_table_addr,
+            avail: self.avail_ring_addr,
+            used: self.used_ring_addr,
+        };
+        if self.validated == Some(cfg) {
+            return Ok(());
+        }
+        self.revalidate(cfg)
+    }
+
+    #[cold]
+    fn revalidate(&mut self, cfg: Config) -> Result<(), QueueError> {
+        if self.is_valid() {
+            self.validated = Some(cfg);
+            Ok(())
+        } else {
+            self.validated = None;
+            Err(QueueError::NotReady)
         }
     }
 
@@ -371,6 +409,7 @@ impl Queue {
     /// one ring entry per chain; the descriptors are read when the chain is walked.
     ///
     /// Fatal errors (see [`QueueError`]) are raised before the offending entry is consumed.
+    #[inline]
     pub fn pop_avail<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -418,18 +457,14 @@ impl Queue {
     ///
     /// `bytes_written` is the number of bytes the device wrote into the chain's writable part
     /// (§2.7.8: never more than it wrote; 0 for a read-only chain).
+    #[inline]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
         head_index: u16,
         bytes_written: u32,
     ) -> Result<(), QueueError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        if !self.is_valid() {
-            return Err(QueueError::NotReady);
-        }
+        self.usable()?;
         if head_index >= self.size {
             return Err(QueueError::InvalidUsedHead { head: head_index });
         }
@@ -452,6 +487,7 @@ impl Queue {
 
     /// Publish every used element added since the last publication: release fence, then one
     /// store of `used.idx` (§2.7.8.2). Returns how many elements were published.
+    #[inline]
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.usable()?;
         let count = self.next_used_idx.wrapping_sub(self.published_used_idx);
@@ -472,6 +508,7 @@ impl Queue {
     /// Complete one chain: write its used element, then publish `used.idx` (§2.7.8).
     ///
     /// Rejects `head_index >= size` and heads not in flight without writing anything.
+    #[inline]
     pub fn push_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,

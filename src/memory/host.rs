@@ -117,19 +117,28 @@ impl HostRegion {
     }
 }
 
-/// Copy out of `src` with volatile accesses, eight bytes at a time where possible.
+/// Copy out of `src` with volatile accesses: single bytes up to an 8-byte boundary, then
+/// aligned 8-byte loads, then the tail. (A volatile `[u8; 8]` access would be split into eight
+/// byte loads; an aligned `u64` is one load.)
 ///
 /// # Safety
 /// `src .. src + dst.len()` is valid for reads.
 #[inline]
 unsafe fn volatile_copy_out(src: *mut u8, dst: &mut [u8]) {
-    let mut chunks = dst.chunks_exact_mut(8);
+    let head = src.align_offset(8).min(dst.len());
+    let (head_bytes, rest) = dst.split_at_mut(head);
     let mut p = src;
+    for byte in head_bytes {
+        // SAFETY: `p` is inside the caller's range (one of the first `head` bytes).
+        *byte = unsafe { VolatilePtr::new(NonNull::new_unchecked(p)) }.read();
+        p = p.wrapping_add(1);
+    }
+    let mut chunks = rest.chunks_exact_mut(8);
     for chunk in &mut chunks {
-        // SAFETY: `p .. p + 8` lies inside `src .. src + dst.len()` (caller's contract), and
-        // `[u8; 8]` has alignment 1, so any address is suitably aligned.
-        let v = unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<[u8; 8]>())) }.read();
-        chunk.copy_from_slice(&v);
+        // SAFETY: `p .. p + 8` lies inside the caller's range and `p` is 8-aligned (it was
+        // advanced to an 8-byte boundary above and moves in steps of 8).
+        let v = unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<u64>())) }.read();
+        chunk.copy_from_slice(&v.to_ne_bytes());
         p = p.wrapping_add(8);
     }
     for byte in chunks.into_remainder() {
@@ -139,19 +148,27 @@ unsafe fn volatile_copy_out(src: *mut u8, dst: &mut [u8]) {
     }
 }
 
-/// Copy into `dst` with volatile accesses, eight bytes at a time where possible.
+/// Copy into `dst` with volatile accesses, aligned 8 bytes at a time where possible.
 ///
 /// # Safety
 /// `dst .. dst + src.len()` is valid for writes.
 #[inline]
 unsafe fn volatile_copy_in(dst: *mut u8, src: &[u8]) {
-    let mut chunks = src.chunks_exact(8);
+    let head = dst.align_offset(8).min(src.len());
+    let (head_bytes, rest) = src.split_at(head);
     let mut p = dst;
+    for byte in head_bytes {
+        // SAFETY: `p` is inside the caller's range (one of the first `head` bytes).
+        unsafe { VolatilePtr::new(NonNull::new_unchecked(p)) }.write(*byte);
+        p = p.wrapping_add(1);
+    }
+    let mut chunks = rest.chunks_exact(8);
     for chunk in &mut chunks {
         let mut v = [0u8; 8];
         v.copy_from_slice(chunk);
-        // SAFETY: `p .. p + 8` lies inside the caller's range; `[u8; 8]` has alignment 1.
-        unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<[u8; 8]>())) }.write(v);
+        // SAFETY: `p .. p + 8` lies inside the caller's range and `p` is 8-aligned.
+        unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<u64>())) }
+            .write(u64::from_ne_bytes(v));
         p = p.wrapping_add(8);
     }
     for byte in chunks.remainder() {

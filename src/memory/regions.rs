@@ -62,6 +62,7 @@ impl<const N: usize> RegionTable<N> {
     }
 
     /// The region holding `addr`.
+    #[inline]
     fn find(&self, addr: GuestAddress) -> Option<&HostRegion> {
         // Regions are sorted: the candidate is the last one starting at or below `addr`.
         let idx = self.regions.partition_point(|r| r.guest_base().0 <= addr.0);
@@ -97,8 +98,13 @@ impl<const N: usize> RegionTable<N> {
 }
 
 impl<const N: usize> GuestMemory for RegionTable<N> {
+    #[inline]
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError> {
         let len = buf.len() as u64;
+        // Fast path: the whole range lies in one region (the region re-checks the bounds).
+        if let Some(r) = self.find(addr).filter(|r| r.check_range(addr, len).is_ok()) {
+            return r.read(addr, buf);
+        }
         self.check_range(addr, len)?;
         self.for_each_part(addr, len, |r, a, done, part| {
             let dst = buf.get_mut(done..).and_then(|b| b.get_mut(..part));
@@ -106,8 +112,12 @@ impl<const N: usize> GuestMemory for RegionTable<N> {
         })
     }
 
+    #[inline]
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemoryError> {
         let len = buf.len() as u64;
+        if let Some(r) = self.find(addr).filter(|r| r.check_range(addr, len).is_ok()) {
+            return r.write(addr, buf);
+        }
         // Refuse before writing anything.
         self.check_range(addr, len)?;
         self.for_each_part(addr, len, |r, a, done, part| {
@@ -116,6 +126,7 @@ impl<const N: usize> GuestMemory for RegionTable<N> {
         })
     }
 
+    #[inline]
     fn load_u16(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
         self.find(addr)
             .ok_or(MemoryError::OutOfRange {
@@ -125,6 +136,7 @@ impl<const N: usize> GuestMemory for RegionTable<N> {
             .load_u16(addr)
     }
 
+    #[inline]
     fn store_u16(&self, addr: GuestAddress, value: u16) -> Result<(), MemoryError> {
         self.find(addr)
             .ok_or(MemoryError::OutOfRange {
@@ -134,9 +146,16 @@ impl<const N: usize> GuestMemory for RegionTable<N> {
             .store_u16(addr, value)
     }
 
+    #[inline]
     fn check_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
         if len == 0 {
             return range_end(addr, 0).map(|_| ());
+        }
+        if self
+            .find(addr)
+            .is_some_and(|r| r.check_range(addr, len).is_ok())
+        {
+            return Ok(());
         }
         self.for_each_part(addr, len, |_, _, _, _| Ok(()))
     }
