@@ -91,7 +91,11 @@ mod tests {
     fn window_test_matches_definition_for_every_u8_triple() {
         // Every triple natively (2^24); under Miri, which interprets each step, every `new`
         // and `event` for a few starting points around the wrap.
-        let olds: &[u8] = if cfg!(miri) { &[0, 1, 127, 254, 255] } else { &[] };
+        let olds: &[u8] = if cfg!(miri) {
+            &[0, 1, 127, 254, 255]
+        } else {
+            &[]
+        };
         let all: std::vec::Vec<u8> = (0..=255u8).collect();
         let olds = if olds.is_empty() { &all[..] } else { olds };
         for &old in olds {

@@ -6,8 +6,8 @@
 //! the Rust memory model: threaded tests are Miri-clean, and the ordering between the two sides
 //! comes only from the fences the queue issues.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use virtq::{GuestAddress, GuestMemory, MemoryError};
 
@@ -42,14 +42,42 @@ impl Access {
     }
 }
 
+/// Bytes per lazily allocated page of a region.
+const PAGE: u64 = 4096;
+
+/// A RAM region whose pages are allocated on first write: untouched memory reads as zero, so
+/// a large guest map costs nothing until used (which keeps Miri runs fast).
 struct Region {
     base: u64,
-    words: Box<[AtomicU16]>,
+    len: u64,
+    pages: Box<[OnceLock<Box<[AtomicU16]>>]>,
 }
 
 impl Region {
+    fn new(base: u64, len: u64) -> Self {
+        let pages = (0..len.div_ceil(PAGE)).map(|_| OnceLock::new()).collect();
+        Self { base, len, pages }
+    }
+
     fn len(&self) -> u64 {
-        self.words.len() as u64 * 2
+        self.len
+    }
+
+    /// The word holding byte offset `off`, if its page exists.
+    fn word(&self, off: u64) -> Option<&AtomicU16> {
+        let page = self.pages[(off / PAGE) as usize].get()?;
+        Some(&page[((off % PAGE) / 2) as usize])
+    }
+
+    /// The word holding byte offset `off`, allocating its page (zeroed) if needed.
+    fn word_mut(&self, off: u64) -> &AtomicU16 {
+        let page = self.pages[(off / PAGE) as usize]
+            .get_or_init(|| (0..PAGE / 2).map(|_| AtomicU16::new(0)).collect());
+        &page[((off % PAGE) / 2) as usize]
+    }
+
+    fn load(&self, off: u64) -> u16 {
+        self.word(off).map_or(0, |w| w.load(Ordering::Relaxed))
     }
 }
 
@@ -82,10 +110,7 @@ impl TestMemory {
             .iter()
             .map(|&(base, len)| {
                 assert!(base % 2 == 0 && len % 2 == 0, "regions must be 2-aligned");
-                Region {
-                    base,
-                    words: (0..len / 2).map(|_| AtomicU16::new(0)).collect(),
-                }
+                Region::new(base, len)
             })
             .collect();
         rs.sort_by_key(|r| r.base);
@@ -161,15 +186,15 @@ impl TestMemory {
 
     fn byte(&self, r: &Region, addr: u64) -> u8 {
         let off = addr - r.base;
-        let w = r.words[(off / 2) as usize].load(Ordering::Relaxed);
-        w.to_le_bytes()[(off % 2) as usize]
+        r.load(off).to_le_bytes()[(off % 2) as usize]
     }
 
     fn set_byte(&self, r: &Region, addr: u64, v: u8) {
         let off = addr - r.base;
         let shift = (off % 2) * 8;
-        let _ =
-            r.words[(off / 2) as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+        let _ = r
+            .word_mut(off)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
                 let w = u16::from_le(w);
                 Some(((w & !(0xFF << shift)) | (u16::from(v) << shift)).to_le())
             });
@@ -218,14 +243,15 @@ impl TestMemory {
     pub fn peek_u16(&self, addr: u64) -> u16 {
         let r = self.region(addr, 2).expect("peek_u16 outside RAM");
         assert!(addr.is_multiple_of(2));
-        u16::from_le(r.words[((addr - r.base) / 2) as usize].load(Ordering::Relaxed))
+        u16::from_le(r.load(addr - r.base))
     }
 
     /// Driver-side single-copy-atomic 16-bit store (`addr` even), not recorded.
     pub fn poke_u16(&self, addr: u64, v: u16) {
         let r = self.region(addr, 2).expect("poke_u16 outside RAM");
         assert!(addr.is_multiple_of(2));
-        r.words[((addr - r.base) / 2) as usize].store(v.to_le(), Ordering::Relaxed);
+        r.word_mut(addr - r.base)
+            .store(v.to_le(), Ordering::Relaxed);
     }
 
     /// Driver-side 32-bit read (two 16-bit halves; not atomic).
@@ -260,7 +286,7 @@ impl GuestMemory for TestMemory {
             return Err(MemoryError::Misaligned { addr: addr.0 });
         }
         let r = self.region(addr.0, 2)?;
-        let v = u16::from_le(r.words[((addr.0 - r.base) / 2) as usize].load(Ordering::Relaxed));
+        let v = u16::from_le(r.load(addr.0 - r.base));
         self.after_read(addr.0, 2);
         Ok(v)
     }
@@ -271,7 +297,8 @@ impl GuestMemory for TestMemory {
             return Err(MemoryError::Misaligned { addr: addr.0 });
         }
         let r = self.region(addr.0, 2)?;
-        r.words[((addr.0 - r.base) / 2) as usize].store(value.to_le(), Ordering::Relaxed);
+        r.word_mut(addr.0 - r.base)
+            .store(value.to_le(), Ordering::Relaxed);
         Ok(())
     }
 
