@@ -28,11 +28,19 @@
 //! direct descriptors and `t` table entries. Together with the one available-ring entry read by
 //! `pop_avail` (and one `avail.idx` read per batch of chains), that is every guest read the
 //! split ring makes for a chain.
+//!
+//! # Packed chains
+//!
+//! A [`PackedChain`](crate::packed::PackedChain) is validated with the same per-buffer rules
+//! (the shared `ChainBudget`) when it is popped, and walked with the same [`DescriptorIter`]
+//! type; see [`packed`](crate::packed) for the packed-specific rules (sequential indirect
+//! tables, only WRITE meaningful inside them, INDIRECT never in a NEXT list).
 
 use core::fmt;
 
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
-use crate::wire::{DescFlags, SplitDesc, split_layout::DESC_SIZE};
+use crate::packed::PACKED_MAX_DIRECT;
+use crate::wire::{DescFlags, PackedDesc, SplitDesc, split_layout::DESC_SIZE};
 
 /// A validated buffer of a chain: guest address, length and direction (§2.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,6 +78,15 @@ impl Descriptor {
     }
 }
 
+impl Descriptor {
+    /// Placeholder for fixed-size storage (never yielded).
+    pub(crate) const EMPTY: Self = Self {
+        addr: GuestAddress(0),
+        len: 0,
+        writable: false,
+    };
+}
+
 /// Why a descriptor chain is malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -99,8 +116,19 @@ pub enum ChainError {
     LengthOverflow,
     /// A buffer, indirect table or descriptor lies outside guest RAM or overflows (H7, H8).
     Memory(MemoryError),
-    /// The chain has more buffers than the caller's storage holds (H11).
+    /// The chain has more buffers than the caller's storage holds (H11), or a packed chain has
+    /// more direct buffers than [`PACKED_MAX_DIRECT`]
+    /// (PACKED-25).
     TooManySegments,
+    /// Packed ring: a descriptor the chain continues into (NEXT) is not available yet, so the
+    /// chain has no end and no buffer ID (H15b, PACKED-38, §2.8.17). Never a truncated chain.
+    Incomplete {
+        /// Ring slot of the descriptor that is not available.
+        slot: u16,
+    },
+    /// Packed ring: an INDIRECT descriptor that is not the only descriptor of its chain
+    /// (PACKED-34, §2.8.19).
+    IndirectInList,
 }
 
 impl fmt::Display for ChainError {
@@ -118,6 +146,10 @@ impl fmt::Display for ChainError {
             Self::LengthOverflow => f.write_str("descriptor chain longer than 2^32-1 bytes"),
             Self::Memory(e) => write!(f, "descriptor buffer: {e}"),
             Self::TooManySegments => f.write_str("descriptor chain exceeds the caller's capacity"),
+            Self::Incomplete { slot } => {
+                write!(f, "packed chain continues into unavailable slot {slot}")
+            }
+            Self::IndirectInList => f.write_str("packed indirect descriptor inside a NEXT list"),
         }
     }
 }
@@ -240,7 +272,7 @@ impl DescriptorChain {
     /// violation it yields `Some(Err(_))` and then `None` for ever.
     #[inline]
     pub fn iter<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> DescriptorIter<'m, M> {
-        DescriptorIter {
+        DescriptorIter(Walk::Split(SplitWalk {
             mem,
             table: self.desc_table,
             table_len: self.size,
@@ -250,7 +282,7 @@ impl DescriptorChain {
             in_indirect: false,
             indirect_allowed: self.indirect,
             budget: ChainBudget::new(u32::from(self.size)),
-        }
+        }))
     }
 
     /// Walk and validate the whole chain into `out` before the device touches any data.
@@ -262,24 +294,57 @@ impl DescriptorChain {
         mem: &M,
         out: &mut heapless::Vec<Descriptor, N>,
     ) -> Result<(), ChainError> {
-        out.clear();
-        for d in self.iter(mem) {
-            let pushed = match d {
-                Ok(d) => out.push(d).map_err(|_| ChainError::TooManySegments),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = pushed {
-                out.clear();
-                return Err(e);
-            }
-        }
-        Ok(())
+        collect_into(self.iter(mem), out)
     }
 }
 
-/// Iterator over a chain's validated descriptors; see [`DescriptorChain::iter`].
+/// Collect a walk into `out`, all or nothing (shared by the split and packed chains).
+pub(crate) fn collect_into<M: GuestMemory + ?Sized, const N: usize>(
+    iter: DescriptorIter<'_, M>,
+    out: &mut heapless::Vec<Descriptor, N>,
+) -> Result<(), ChainError> {
+    out.clear();
+    for d in iter {
+        let pushed = match d {
+            Ok(d) => out.push(d).map_err(|_| ChainError::TooManySegments),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pushed {
+            out.clear();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// What follows a packed chain's copied direct buffers in its walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub(crate) enum PackedTail {
+    /// Nothing: the chain ends after its direct buffers.
+    End,
+    /// One indirect table, validated at pop (0 < entries <= size, the table is guest RAM),
+    /// whose entries are read in order when the chain is walked (§2.8.7).
+    Indirect { table: GuestAddress, entries: u16 },
+    /// The chain is malformed: the walk yields the buffers before the violation, then this.
+    Error(ChainError),
+}
+
+/// Iterator over a chain's validated descriptors; see [`DescriptorChain::iter`] and
+/// [`PackedChain::iter`](crate::packed::PackedChain::iter).
 #[derive(Debug)]
-pub struct DescriptorIter<'m, M: ?Sized> {
+pub struct DescriptorIter<'m, M: ?Sized>(Walk<'m, M>);
+
+/// The two walks behind [`DescriptorIter`]; the split one is unaffected by the packed one.
+#[derive(Debug)]
+enum Walk<'m, M: ?Sized> {
+    Split(SplitWalk<'m, M>),
+    Packed(PackedWalk<'m, M>),
+}
+
+/// The split-ring walk: descriptor table, then possibly one indirect table (§2.7.5).
+#[derive(Debug)]
+struct SplitWalk<'m, M: ?Sized> {
     mem: &'m M,
     /// Table being walked: the descriptor table, then possibly one indirect table.
     table: GuestAddress,
@@ -295,7 +360,7 @@ pub struct DescriptorIter<'m, M: ?Sized> {
     budget: ChainBudget,
 }
 
-impl<M: GuestMemory + ?Sized> DescriptorIter<'_, M> {
+impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
     fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
         self.next = None;
         debug!("virtq: malformed chain: {}", e);
@@ -306,7 +371,18 @@ impl<M: GuestMemory + ?Sized> DescriptorIter<'_, M> {
 impl<M: GuestMemory + ?Sized> Iterator for DescriptorIter<'_, M> {
     type Item = Result<Descriptor, ChainError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Walk::Split(w) => w.next(),
+            Walk::Packed(w) => w.next(),
+        }
+    }
+}
+
+impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
+    #[inline]
+    fn next(&mut self) -> Option<Result<Descriptor, ChainError>> {
         // Every turn either returns or fetches one more descriptor; fetches are bounded by
         // `size` in the descriptor table plus the entry count of at most one indirect table.
         loop {
@@ -397,3 +473,159 @@ impl<M: GuestMemory + ?Sized> Iterator for DescriptorIter<'_, M> {
 }
 
 impl<M: GuestMemory + ?Sized> core::iter::FusedIterator for DescriptorIter<'_, M> {}
+
+/// A packed chain's contents as `PackedQueue::pop_avail` copied and validated them: the
+/// non-empty direct buffers, then what follows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub(crate) struct PackedBody {
+    len: u8,
+    bufs: [Descriptor; PACKED_MAX_DIRECT],
+    pub(crate) tail: PackedTail,
+}
+
+impl PackedBody {
+    pub(crate) const EMPTY: Self = Self {
+        len: 0,
+        bufs: [Descriptor::EMPTY; PACKED_MAX_DIRECT],
+        tail: PackedTail::End,
+    };
+
+    /// Forget the contents (the stale buffers past `len` are never read).
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+        self.tail = PackedTail::End;
+    }
+
+    /// Store one validated, non-empty direct buffer.
+    #[inline]
+    pub(crate) fn push(&mut self, d: Descriptor) -> Result<(), ChainError> {
+        let slot = self
+            .bufs
+            .get_mut(usize::from(self.len))
+            .ok_or(ChainError::TooManySegments)?;
+        *slot = d;
+        // `len < PACKED_MAX_DIRECT <= u8::MAX` here (the `get_mut` above succeeded).
+        self.len = self.len.saturating_add(1);
+        Ok(())
+    }
+
+    /// Record the first violation; later ones are ignored.
+    #[inline]
+    pub(crate) fn fail(&mut self, e: ChainError) {
+        if !self.is_malformed() {
+            self.tail = PackedTail::Error(e);
+        }
+    }
+
+    #[inline]
+    pub(crate) const fn is_malformed(&self) -> bool {
+        matches!(self.tail, PackedTail::Error(_))
+    }
+}
+
+/// The packed-ring walk (§2.8.6, §2.8.7): the direct buffers copied at pop, then what follows
+/// them: nothing, an error, or one indirect table read entry by entry, in order. It borrows
+/// the chain, so it is no larger than the split walk.
+#[derive(Debug)]
+struct PackedWalk<'m, M: ?Sized> {
+    mem: &'m M,
+    body: &'m PackedBody,
+    /// Next copied buffer to yield.
+    pos: u8,
+    /// Next indirect table entry to read.
+    idx: u16,
+    done: bool,
+    budget: ChainBudget,
+}
+
+impl<'m, M: GuestMemory + ?Sized> DescriptorIter<'m, M> {
+    /// The walk of a packed chain; an indirect table gets a budget of `size` buffers.
+    pub(crate) fn packed(mem: &'m M, body: &'m PackedBody, size: u16) -> Self {
+        DescriptorIter(Walk::Packed(PackedWalk {
+            mem,
+            body,
+            pos: 0,
+            idx: 0,
+            done: false,
+            budget: ChainBudget::new(u32::from(size)),
+        }))
+    }
+}
+
+impl<M: GuestMemory + ?Sized> PackedWalk<'_, M> {
+    fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
+        self.done = true;
+        debug!("virtq: malformed packed chain: {}", e);
+        Some(Err(e))
+    }
+
+    fn next(&mut self) -> Option<Result<Descriptor, ChainError>> {
+        if self.done {
+            return None;
+        }
+        if self.pos < self.body.len
+            && let Some(d) = self.body.bufs.get(usize::from(self.pos))
+        {
+            self.pos = self.pos.saturating_add(1);
+            return Some(Ok(*d));
+        }
+        let (table, entries) = match self.body.tail {
+            PackedTail::End => {
+                self.done = true;
+                return None;
+            }
+            PackedTail::Error(e) => return self.fail(e),
+            PackedTail::Indirect { table, entries } => (table, entries),
+        };
+        // Every turn reads one table entry; at most `entries` (<= size) turns in all.
+        while self.idx < entries {
+            let i = self.idx;
+            self.idx = self.idx.saturating_add(1);
+            // `i < entries <= 32768`: the offset is far below u64::MAX; the table range was
+            // checked at pop.
+            let Some(addr) = table.checked_add(u64::from(i).saturating_mul(DESC_SIZE)) else {
+                return self.fail(ChainError::Memory(MemoryError::Overflow {
+                    addr: table.0,
+                    len: DESC_SIZE,
+                }));
+            };
+            // The one fetch of this entry, a packed descriptor (§2.8.13): `id` (ignored), and
+            // `flags`, of which only WRITE counts (PACKED-32). NEXT does not change the entry
+            // count (PACKED-35, H5n).
+            let desc: PackedDesc = match self.mem.read_obj(addr) {
+                Ok(d) => d,
+                Err(e) => return self.fail(ChainError::Memory(e)),
+            };
+            let writable = DescFlags::from_bits_retain(desc.flags.get()).contains(DescFlags::WRITE);
+            match self
+                .budget
+                .admit(self.mem, desc.addr.get(), desc.len.get(), writable)
+            {
+                Ok(Some(d)) => return Some(Ok(d)),
+                Ok(None) => {}
+                Err(e) => return self.fail(e),
+            }
+        }
+        self.done = true;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::RegionTable;
+
+    /// The packed walk shares `DescriptorIter` with the split walk and adds at most the enum
+    /// tag to it (the split hot path moves this iterator around).
+    #[test]
+    fn packed_walk_does_not_enlarge_the_iterator() {
+        type M = RegionTable<1>;
+        let p = size_of::<PackedWalk<'_, M>>();
+        let s = size_of::<SplitWalk<'_, M>>();
+        let i = size_of::<DescriptorIter<'_, M>>();
+        assert!(p <= s && i <= s + 8, "packed {p} split {s} iter {i}");
+    }
+}

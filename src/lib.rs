@@ -21,6 +21,7 @@
 //! |---|---|
 //! | [`transport`] | [`MmioTransport`](transport::MmioTransport): the virtio-mmio register file (§4.2, v2 and legacy) a trap handler forwards to, and the [`VirtioDevice`](transport::VirtioDevice) trait a device model implements |
 //! | [`split`] | [`Queue`], the split virtqueue (§2.7) |
+//! | [`packed`] | [`PackedQueue`], the packed virtqueue (§2.8), same shape of API |
 //! | [`chain`] | [`DescriptorChain`], validated [`Descriptor`]s and the chain walk |
 //! | [`io`] | [`Reader`] / [`Writer`]: byte streams over a chain's buffers, exact used length |
 //! | [`memory`] | [`GuestAddress`], [`GuestMemory`] and the provided accessors |
@@ -80,6 +81,7 @@ pub mod in_order;
 pub mod io;
 pub mod memory;
 pub mod notify;
+pub mod packed;
 pub mod split;
 pub mod transport;
 pub mod wire;
@@ -89,5 +91,6 @@ pub use error::QueueError;
 pub use io::{ChainReader, ChainWriter, IoError, Reader, Writer};
 pub use memory::{GuestAddress, GuestMemory, MemoryError};
 pub use notify::{Completion, DrainReport};
+pub use packed::{PackedChain, PackedQueue};
 pub use split::Queue;
 pub use wire::Features;

@@ -11,7 +11,10 @@
 pub mod devices;
 pub mod guest;
 pub mod memory;
+pub mod model;
+pub mod packed;
 pub mod split;
 
 pub use memory::{Access, AccessKind, TestMemory};
+pub use packed::{PackedDriver, pflags};
 pub use split::{SplitDriver, desc_flags};

@@ -174,6 +174,19 @@ impl<'m> SplitDriver<'m> {
         Some(e)
     }
 
+    /// Return the descriptors of chain `head` (built with [`add_chain`](Self::add_chain)) to
+    /// the free list without reading the used ring: for in-order batches (§2.7.9), whose single
+    /// used element names only the batch's last chain. `false` if `head` is not outstanding.
+    pub fn recycle(&mut self, head: u16) -> bool {
+        match self.chains.remove(&head) {
+            Some(ids) => {
+                self.free.extend(ids);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Number of free descriptors for [`add_chain`](Self::add_chain).
     pub fn free_descriptors(&self) -> usize {
         self.free.len()

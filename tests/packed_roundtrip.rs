@@ -1,0 +1,463 @@
+//! Packed ring round trips through the public API (VIRTIO 1.4 §2.8): sizes 1, 2, 3, 6, 255,
+//! 256 and 32768 over several laps, chains across the end of the ring, batching, out-of-order
+//! completion, indirect chains, IN_ORDER batches, `set_size` / `is_valid` / `check_rings` /
+//! `reset`.
+
+use virtq::packed::{PACKED_MAX_DIRECT, PackedChain};
+use virtq::{ChainError, Descriptor, Features, GuestAddress, MemoryError, PackedQueue, QueueError};
+use virtq_testkit::{AccessKind, PackedDriver, TestMemory, pflags};
+
+fn tuples(c: &PackedChain, mem: &TestMemory) -> Vec<(u64, u32, bool)> {
+    c.iter(mem)
+        .map(|d| d.unwrap())
+        .map(|d: Descriptor| (d.addr().0, d.len(), d.is_write_only()))
+        .collect()
+}
+
+/// Serve everything available: each chain is completed with its writable length.
+fn serve(q: &mut PackedQueue, mem: &TestMemory) -> usize {
+    let mut n = 0;
+    while let Some(chain) = q.pop_avail(mem).unwrap() {
+        let written: u32 = tuples(&chain, mem)
+            .iter()
+            .filter(|d| d.2)
+            .map(|d| d.1)
+            .sum();
+        q.push_used(mem, &chain, written).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// PACKED-02, H15g: sizes that are and are not powers of two, including the extremes, each
+/// over more than two laps with chains of 1..=3 descriptors that cross the end of the ring.
+#[test]
+fn sizes_1_2_3_6_255_256_32768_round_trip_over_laps() {
+    let mem = TestMemory::new(&[(0, 0x90_0000)]);
+    for size in [1u16, 2, 3, 6, 255, 256, 32768] {
+        let mut drv = PackedDriver::standard(&mem, size);
+        let mut q = drv.queue(size, Features::empty());
+        assert!(q.is_valid(), "size {size}");
+        q.check_rings(&mem).unwrap();
+        let laps = 2 * u32::from(size) + 5;
+        let mut descs_done = 0u32;
+        let mut k = 0u32;
+        while descs_done < laps {
+            let n = (k % 3 + 1).min(u32::from(size));
+            let mut bufs = vec![(0x80_0000 + u64::from(k % 7) * 0x100, 16, false)];
+            for j in 1..n {
+                bufs.push((0x81_0000 + u64::from(j) * 0x100, 10 + k % 5, true));
+            }
+            let expect_len: u32 = bufs.iter().filter(|b| b.2).map(|b| b.1).sum();
+            let id = drv.add_chain(&bufs).unwrap();
+            let chain = q.pop_avail(&mem).unwrap().unwrap();
+            assert_eq!(chain.head_index(), id);
+            assert_eq!(tuples(&chain, &mem), bufs, "size {size} chain {k}");
+            q.push_used(&mem, &chain, expect_len).unwrap();
+            assert!(q.pop_avail(&mem).unwrap().is_none());
+            let used = drv.pop_used().expect("used descriptor visible");
+            assert_eq!((used.id, used.len), (id, expect_len));
+            assert_eq!(used.flags & pflags::W != 0, expect_len > 0, "PACKED-28");
+            assert_eq!(used.flags & (pflags::N | pflags::I), 0, "PACKED-29");
+            descs_done += n;
+            k += 1;
+        }
+        // Device and driver agree on both cursors and wrap counters.
+        assert_eq!(
+            (q.next_avail_idx, q.avail_wrap_counter),
+            (drv.next_avail, drv.avail_wrap)
+        );
+        assert_eq!(
+            (q.next_used_idx, q.used_wrap_counter),
+            (drv.next_used, drv.used_wrap)
+        );
+        assert_eq!(q.in_flight(), 0);
+        assert_eq!(q.in_flight_descriptors(), 0);
+    }
+}
+
+/// A whole-ring chain (Q descriptors) is legal; the cursor lands back on its slot with the wrap
+/// counter flipped (PACKED-27), on both the read and the used side.
+#[test]
+fn whole_ring_chain_flips_wrap_on_same_slot() {
+    let mem = TestMemory::m0();
+    for size in [1u16, 3, 8] {
+        let mut drv = PackedDriver::standard(&mem, size);
+        let mut q = drv.queue(size, Features::empty());
+        for round in 0..3u64 {
+            let bufs: Vec<_> = (0..size)
+                .map(|i| (0x8_0000 + u64::from(i) * 0x10 + round, 4, i + 1 == size))
+                .collect();
+            drv.add_chain(&bufs).unwrap();
+            let c = q.pop_avail(&mem).unwrap().unwrap();
+            assert_eq!(tuples(&c, &mem), bufs);
+            assert_eq!(q.next_avail_idx, 0);
+            assert_eq!(q.avail_wrap_counter, round % 2 == 1);
+            q.push_used(&mem, &c, 4).unwrap();
+            assert_eq!(q.next_used_idx, 0);
+            assert_eq!(q.used_wrap_counter, round % 2 == 1);
+            assert!(drv.pop_used().is_some());
+        }
+    }
+}
+
+/// Batched completion: nothing is visible before `publish_used`; the first used descriptor's
+/// flags are stored last, after every body and the later flags (PACKED-20, PACKED-41).
+#[test]
+fn batched_completion_publishes_first_flags_last() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 8);
+    let mut q = drv.queue(8, Features::empty());
+    let ids: Vec<u16> = (0..5)
+        .map(|i| drv.add_chain(&[(0x8_0000 + i * 0x100, 32, true)]).unwrap())
+        .collect();
+    let chains: Vec<_> = std::iter::from_fn(|| q.pop_avail(&mem).unwrap()).collect();
+    assert_eq!(chains.len(), 5);
+    mem.start_recording();
+    for c in &chains {
+        q.add_used(&mem, c, 7).unwrap();
+    }
+    assert!(drv.peek_used().is_none(), "nothing visible before publish");
+    assert_eq!(q.publish_used(&mem).unwrap(), 5);
+    let log = mem.take_log();
+    let first_flags = drv.slot_addr(0) + 14;
+    let last = log.last().unwrap();
+    assert_eq!(
+        (last.kind, last.addr),
+        (AccessKind::Store16, first_flags),
+        "first flags stored last"
+    );
+    assert_eq!(
+        log.iter().filter(|a| a.addr == first_flags).count(),
+        1,
+        "one flags store per used descriptor"
+    );
+    for (slot, a) in (0..5u16).zip(log.iter().filter(|a| a.kind == AccessKind::Write)) {
+        assert_eq!((a.addr, a.len), (drv.slot_addr(slot) + 8, 6), "id+len only");
+    }
+    assert!(
+        !log.iter().any(|a| a.kind == AccessKind::Write && a.len > 6),
+        "addr is never written"
+    );
+    for id in ids {
+        assert_eq!(drv.pop_used().map(|u| (u.id, u.len)), Some((id, 7)));
+    }
+    assert_eq!(q.publish_used(&mem).unwrap(), 0);
+}
+
+/// Out-of-order completion writes a used descriptor over a slot of a chain still in flight;
+/// the chain was copied at pop, so walking it afterwards still yields what the driver wrote.
+#[test]
+fn out_of_order_completion_does_not_corrupt_chains_in_flight() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 8);
+    let mut q = drv.queue(8, Features::empty());
+    let a_bufs = [
+        (0x8_0000, 16, false),
+        (0x8_1000, 64, true),
+        (0x8_2000, 64, true),
+    ];
+    let a = drv.add_chain(&a_bufs).unwrap();
+    let b = drv.add_chain(&[(0x8_3000, 8, true)]).unwrap();
+    let ca = q.pop_avail(&mem).unwrap().unwrap();
+    let cb = q.pop_avail(&mem).unwrap().unwrap();
+    q.push_used(&mem, &cb, 8).unwrap();
+    // B's used descriptor sits in slot 0, A's first slot.
+    assert_eq!(drv.peek_used().map(|u| u.id), Some(b));
+    mem.start_recording();
+    assert_eq!(tuples(&ca, &mem), a_bufs);
+    assert!(
+        mem.take_log().is_empty(),
+        "walking a direct chain reads nothing"
+    );
+    q.push_used(&mem, &ca, 128).unwrap();
+    assert_eq!(drv.pop_used().map(|u| u.id), Some(b));
+    assert_eq!(drv.pop_used().map(|u| (u.id, u.len)), Some((a, 128)));
+    // Used cursor: 1 (B) + 3 (A).
+    assert_eq!(q.next_used_idx, 4);
+    // The driver reuses slot 0.. for new chains after wrapping; everything keeps working.
+    for _ in 0..20 {
+        drv.add_chain(&[(0x8_4000, 4, false), (0x8_5000, 4, true)])
+            .unwrap();
+        assert_eq!(serve(&mut q, &mem), 1);
+        assert!(drv.pop_used().is_some());
+    }
+}
+
+/// Indirect chains (§2.8.7): one ring slot, the table walked in order, WRITE on the pointer
+/// ignored (PACKED-33).
+#[test]
+fn indirect_chain_round_trip() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 4);
+    let mut q = drv.queue(4, Features::INDIRECT_DESC);
+    for round in 0..10u64 {
+        let bufs = [
+            (0x8_0000, 16, false),
+            (0x8_1000 + round, 100, true),
+            (0x8_2000, 1, true),
+        ];
+        let id = drv.add_indirect_chain(0x9_0000, &bufs).unwrap();
+        let c = q.pop_avail(&mem).unwrap().unwrap();
+        assert_eq!(c.head_index(), id);
+        assert_eq!(tuples(&c, &mem), bufs);
+        q.push_used(&mem, &c, 101).unwrap();
+        assert_eq!(q.in_flight_descriptors(), 0);
+        assert_eq!(drv.pop_used().map(|u| (u.id, u.len)), Some((id, 101)));
+    }
+    // 10 one-slot chains on a ring of 4: two and a half laps.
+    assert_eq!((q.next_avail_idx, q.avail_wrap_counter), (2, true));
+}
+
+/// The longest direct chain the chain storage holds, and one more (PACKED-25 device cap).
+#[test]
+fn direct_chain_cap_both_sides() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 64);
+    let mut q = drv.queue(64, Features::empty());
+    let bufs: Vec<_> = (0..PACKED_MAX_DIRECT as u64)
+        .map(|i| (0x8_0000 + i * 0x100, 8, false))
+        .collect();
+    drv.add_chain(&bufs).unwrap();
+    let c = q.pop_avail(&mem).unwrap().unwrap();
+    assert_eq!(tuples(&c, &mem), bufs);
+    q.push_used(&mem, &c, 0).unwrap();
+    assert!(drv.pop_used().is_some());
+
+    let mut more = bufs.clone();
+    more.push((0x9_0000, 8, false));
+    drv.add_chain(&more).unwrap();
+    let c = q.pop_avail(&mem).unwrap().unwrap();
+    let got: Vec<_> = c.iter(&mem).collect();
+    assert_eq!(got.len(), PACKED_MAX_DIRECT + 1);
+    assert!(got[..PACKED_MAX_DIRECT].iter().all(|d| d.is_ok()));
+    assert_eq!(got[PACKED_MAX_DIRECT], Err(ChainError::TooManySegments));
+    // Consumed as a whole: completing it skips all 17 slots.
+    q.push_used(&mem, &c, 0).unwrap();
+    assert_eq!(q.next_used_idx, (PACKED_MAX_DIRECT as u16) * 2 + 1);
+    assert!(drv.pop_used().is_some());
+    // Zero-length descriptors take no storage: 16 buffers plus 20 empty ones are fine.
+    let mut with_empty = bufs.clone();
+    with_empty.extend((0..20).map(|_| (0x9_0000, 0, false)));
+    drv.add_chain(&with_empty).unwrap();
+    let c = q.pop_avail(&mem).unwrap().unwrap();
+    assert_eq!(tuples(&c, &mem), bufs);
+}
+
+/// VIRTIO_F_IN_ORDER (§2.8.8, PACKED-40): one used descriptor with the last Buffer ID; the
+/// cursor skips the whole batch. Batches out of order, or without the feature, are refused.
+#[test]
+fn in_order_batch_writes_one_used_descriptor() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 8);
+    let mut q = drv.queue(8, Features::IN_ORDER);
+    let ids = [
+        drv.add_chain(&[(0x8_0000, 8, false), (0x8_1000, 8, true)]),
+        drv.add_chain(&[(0x8_2000, 8, true)]),
+        drv.add_chain(&[(0x8_3000, 8, false), (0x8_4000, 8, true)]),
+    ]
+    .map(Option::unwrap);
+    let chains: Vec<_> = std::iter::from_fn(|| q.pop_avail(&mem).unwrap()).collect();
+    assert_eq!(chains.len(), 3);
+
+    // Not the oldest first: refused, nothing written.
+    mem.start_recording();
+    assert_eq!(
+        q.add_used_in_order(&mem, &chains[1..], 8),
+        Err(QueueError::InvalidUsedHead { head: ids[1] })
+    );
+    let rev: Vec<_> = chains.iter().rev().copied().collect();
+    assert!(q.add_used_in_order(&mem, &rev, 8).is_err());
+    assert!(q.add_used_in_order(&mem, &[], 8).is_err());
+    assert!(mem.take_log().is_empty());
+
+    q.add_used_in_order(&mem, &chains, 8).unwrap();
+    q.publish_used(&mem).unwrap();
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(q.in_flight_descriptors(), 0);
+    assert_eq!((q.next_used_idx, q.used_wrap_counter), (5, true));
+    let u = drv.peek_used().unwrap();
+    assert_eq!((u.id, u.len), (ids[2], 8));
+    assert_eq!(drv.retire_in_order(&ids), 5);
+    assert!(drv.peek_used().is_none());
+
+    // Without IN_ORDER the batch form is refused.
+    let mut drv2 = PackedDriver::standard(&mem, 8);
+    let mut q2 = drv2.queue(8, Features::empty());
+    let id = drv2.add_chain(&[(0x8_0000, 8, true)]).unwrap();
+    let c = q2.pop_avail(&mem).unwrap().unwrap();
+    assert_eq!(
+        q2.add_used_in_order(&mem, &[c], 8),
+        Err(QueueError::InvalidUsedHead { head: id })
+    );
+}
+
+/// PACKED-02/03/04/05, H9: configuration checks.
+#[test]
+fn set_size_is_valid_check_rings_reset() {
+    let mem = TestMemory::m0();
+    let drv = PackedDriver::standard(&mem, 6);
+    let mut q = drv.queue(256, Features::empty());
+    assert_eq!(q.size, 6);
+    assert!(q.is_valid(), "non-power-of-two size");
+    q.set_size(0);
+    assert!(!q.is_valid(), "size 0 is never valid");
+    assert_eq!(q.pop_avail(&mem), Err(QueueError::NotReady));
+    q.set_size(300);
+    assert_eq!(q.size, 256, "clamped to max_size");
+    q.set_size(6);
+
+    assert_eq!(PackedQueue::new(40000).max_size, 32768);
+    let mut big = PackedQueue::new(32768);
+    big.set_size(32768);
+    assert_eq!(big.size, 32768);
+
+    for (field, addr) in [(0, 0x1008u64), (1, 0x3002), (2, 0x3102)] {
+        let mut bad = q.clone();
+        match field {
+            0 => bad.desc_ring_addr = GuestAddress(addr),
+            1 => bad.driver_event_addr = GuestAddress(addr),
+            _ => bad.device_event_addr = GuestAddress(addr),
+        }
+        assert!(!bad.is_valid(), "misaligned area {field}");
+    }
+    let mut bad = q.clone();
+    bad.desc_ring_addr = GuestAddress(0);
+    assert!(!bad.is_valid());
+    let mut bad = q.clone();
+    bad.desc_ring_addr = GuestAddress(u64::MAX - 15);
+    assert!(!bad.is_valid(), "ring wraps the address space");
+    let mut bad = q.clone();
+    bad.next_avail_idx = 6;
+    assert!(!bad.is_valid(), "cursor >= size");
+    let mut bad = q.clone();
+    bad.next_used_idx = 6;
+    assert!(!bad.is_valid(), "used cursor >= size");
+    let mut bad = q.clone();
+    bad.ready = false;
+    assert!(!bad.is_valid());
+
+    q.check_rings(&mem).unwrap();
+    // Ring in the hole (H9g/h): refused with the memory error.
+    let mut bad = q.clone();
+    bad.desc_ring_addr = GuestAddress(0xF_FFC0);
+    assert!(matches!(
+        bad.check_rings(&mem),
+        Err(QueueError::Memory(MemoryError::OutOfRange { .. }))
+    ));
+    let mut bad = q.clone();
+    bad.device_event_addr = GuestAddress(0x15_0000);
+    assert!(bad.check_rings(&mem).is_err());
+
+    q.features = Features::INDIRECT_DESC;
+    q.next_avail_idx = 3;
+    q.avail_wrap_counter = false;
+    q.reset();
+    assert!(!q.ready);
+    assert_eq!(q.size, 256);
+    assert_eq!((q.next_avail_idx, q.avail_wrap_counter), (0, true));
+    assert_eq!((q.next_used_idx, q.used_wrap_counter), (0, true));
+    assert_eq!(q.features, Features::empty());
+}
+
+/// Chains popped before a reset cannot be completed after it (H19), nor chains popped from
+/// another queue.
+#[test]
+fn completions_after_reset_are_refused() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 4);
+    let mut q = drv.queue(4, Features::empty());
+    let id = drv.add_chain(&[(0x8_0000, 8, true)]).unwrap();
+    let c = q.pop_avail(&mem).unwrap().unwrap();
+    q.reset();
+    let mut drv = PackedDriver::standard(&mem, 4);
+    let q2 = drv.queue(4, Features::empty());
+    q.size = q2.size;
+    q.desc_ring_addr = q2.desc_ring_addr;
+    q.driver_event_addr = q2.driver_event_addr;
+    q.device_event_addr = q2.device_event_addr;
+    q.ready = true;
+    drv.add_chain(&[(0x8_0000, 8, true)]).unwrap();
+    let _fresh = q.pop_avail(&mem).unwrap().unwrap();
+    mem.start_recording();
+    assert_eq!(
+        q.push_used(&mem, &c, 8),
+        Err(QueueError::HeadNotInFlight { head: id })
+    );
+    assert!(mem.take_log().is_empty(), "nothing written");
+
+    // A chain popped from another packed queue (another ring).
+    let mut other = PackedDriver::new(&mem, 4, 0x4000, 0x5000, 0x5100);
+    let mut oq = other.queue(4, Features::empty());
+    let oid = other.add_chain(&[(0x8_0000, 8, true)]).unwrap();
+    let oc = oq.pop_avail(&mem).unwrap().unwrap();
+    assert_eq!(
+        q.push_used(&mem, &oc, 8),
+        Err(QueueError::HeadNotInFlight { head: oid })
+    );
+    assert!(!q.is_broken(), "device bugs are not fatal");
+}
+
+/// The drain loop (same contract as `Queue::drain`) on the packed ring.
+#[test]
+fn drain_serves_and_reports() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 8);
+    let mut q = drv.queue(8, Features::empty());
+    for i in 0..5 {
+        drv.add_chain(&[(0x8_0000 + i * 0x100, 16, true)]).unwrap();
+    }
+    let r = q.drain(&mem, 3, |_| virtq::Completion::Used(16)).unwrap();
+    assert_eq!((r.processed, r.completed, r.more), (3, 3, true));
+    assert!(!q.notifications_enabled());
+    let r = q.drain(&mem, 10, |_| virtq::Completion::Used(16)).unwrap();
+    assert_eq!((r.processed, r.completed, r.more), (2, 2, false));
+    assert!(r.notify);
+    assert!(q.notifications_enabled());
+    for _ in 0..5 {
+        assert_eq!(drv.pop_used().map(|u| u.len), Some(16));
+    }
+}
+
+/// `pop_avail_into` reuses caller storage: a long chain followed by a short one leaves nothing
+/// of the first behind; an empty ring or an error leaves the storage empty (not completable).
+#[test]
+fn pop_avail_into_reuses_storage() {
+    let mem = TestMemory::m0();
+    let mut drv = PackedDriver::standard(&mem, 8);
+    let mut q = drv.queue(8, Features::empty());
+    let mut c = PackedChain::default();
+    assert_eq!(q.pop_avail_into(&mem, &mut c), Ok(false));
+    let long = [
+        (0x8_0000, 8, false),
+        (0x8_1000, 8, false),
+        (0x8_2000, 8, true),
+    ];
+    let id = drv.add_chain(&long).unwrap();
+    assert_eq!(q.pop_avail_into(&mem, &mut c), Ok(true));
+    assert_eq!((c.head_index(), c.descriptor_count()), (id, 3));
+    assert_eq!(tuples(&c, &mem), long);
+    q.push_used(&mem, &c, 8).unwrap();
+    let id2 = drv.add_chain(&[(0x8_3000, 4, true)]).unwrap();
+    assert_eq!(q.pop_avail_into(&mem, &mut c), Ok(true));
+    assert_eq!((c.head_index(), c.descriptor_count()), (id2, 1));
+    assert_eq!(tuples(&c, &mem), [(0x8_3000, 4, true)]);
+    let kept = c;
+    assert_eq!(q.pop_avail_into(&mem, &mut c), Ok(false));
+    assert_eq!(tuples(&c, &mem), []);
+    assert!(
+        q.push_used(&mem, &c, 0).is_err(),
+        "an empty chain cannot be completed"
+    );
+    q.push_used(&mem, &kept, 4).unwrap();
+    // A fatal error also leaves the storage empty.
+    drv.set_desc(
+        drv.next_avail,
+        0x8_0000,
+        8,
+        1,
+        pflags::N | pflags::avail(drv.avail_wrap),
+    );
+    assert!(q.pop_avail_into(&mem, &mut c).is_err());
+    assert_eq!(tuples(&c, &mem), []);
+}
