@@ -65,7 +65,10 @@ impl QueueError {
     pub const fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            Self::NotReady | Self::InvalidUsedHead { .. } | Self::HeadNotInFlight { .. }
+            Self::NotReady
+                | Self::InvalidUsedHead { .. }
+                | Self::HeadNotInFlight { .. }
+                | Self::InOrderCapacity
         )
     }
 }

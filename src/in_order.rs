@@ -105,7 +105,20 @@ impl<const N: usize> InOrder<N> {
         if let Some(e) = self.pending.iter_mut().nth(pos) {
             e.done = Some(len);
         }
-        let mut published = 0u16;
+        let published = self.flush(q, mem)?;
+        if published > 0 {
+            q.publish_used(mem)?;
+        }
+        Ok(published)
+    }
+
+    /// Add a used element for every completion that is first in line (without publishing).
+    fn flush<M: GuestMemory + ?Sized>(
+        &mut self,
+        q: &mut Queue,
+        mem: &M,
+    ) -> Result<u16, QueueError> {
+        let mut added = 0u16;
         while let Some(&Entry {
             head,
             done: Some(len),
@@ -113,18 +126,16 @@ impl<const N: usize> InOrder<N> {
         {
             q.add_used(mem, head, len)?;
             self.pending.pop_front();
-            published = published.saturating_add(1);
+            added = added.saturating_add(1);
         }
-        if published > 0 {
-            q.publish_used(mem)?;
-        }
-        Ok(published)
+        Ok(added)
     }
 
     /// Complete every chain up to and including `last_head` with ONE used element (id
     /// `last_head`, length `len`) and advance `used.idx` by the batch size (§2.7.9). Only for
     /// batches whose earlier buffers were entirely written (SPLIT-56): the driver treats them
-    /// as fully used. Returns the batch size.
+    /// as fully used. Completions that were waiting behind the batch are published with it.
+    /// Returns the number of chains published (the batch plus those).
     pub fn complete_batch<M: GuestMemory + ?Sized>(
         &mut self,
         q: &mut Queue,
@@ -145,7 +156,9 @@ impl<const N: usize> InOrder<N> {
         }
         self.pending.pop_front();
         q.add_used_batch(mem, last_head, len, count)?;
+        // Completions held behind the batch are now first in line: publish them with it.
+        let held = self.flush(q, mem)?;
         q.publish_used(mem)?;
-        Ok(count)
+        Ok(count.saturating_add(held))
     }
 }
