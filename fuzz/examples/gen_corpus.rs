@@ -1,0 +1,693 @@
+//! Writes the seed corpus of every fuzz target: well-formed rings built with the testkit's
+//! `SplitDriver`, and one seed per hostile class of `shared/spec/hostile-inputs.md` that applies
+//! to the split ring (loops, out-of-range indices, bad indirect tables, buffers in the MMIO hole,
+//! length overflow, TOCTOU flips, avail.idx overrun, duplicate heads, ...).
+//!
+//! Run from `fuzz/`: `cargo run --example gen_corpus` (writes `corpus/<target>/seed-*`).
+
+use std::fs;
+use std::path::Path;
+
+use virtq_fuzz::{
+    AVAIL, BUFS, Config, DESC, DiffInput, IMAGE_AT, IoInput, IoOp, MmioInput, MmioOp, Op, RawDesc,
+    Scenario, USED, new_memory,
+};
+use virtq_testkit::desc_flags::{I, N, W};
+use virtq_testkit::{SplitDriver, TestMemory};
+
+/// A data buffer address in RAM0 (above the indirect-table area).
+const DATA: u64 = 0x6000;
+/// An address in the MMIO hole.
+const HOLE: u64 = 0x9000;
+
+/// The image of `mem` from [`IMAGE_AT`] up to the end of the indirect-table area, trailing
+/// zeros trimmed.
+fn image(mem: &TestMemory) -> Vec<u8> {
+    let mut v = mem.peek(IMAGE_AT, (BUFS + 0x1000 - IMAGE_AT) as usize);
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
+    RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    }
+}
+
+/// Device ops that serve `n` chains: pop, walk, copy, complete, then the notification calls.
+fn serve(n: usize) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for _ in 0..n {
+        ops.push(Op::Pop);
+    }
+    for i in 0..n as u8 {
+        ops.push(Op::Walk(i));
+        ops.push(Op::CopyInto(i, i % 2 == 0));
+    }
+    ops.push(Op::NeedsNotification);
+    for _ in 0..n {
+        ops.push(Op::PushUsed(0, u32::MAX));
+    }
+    ops.push(Op::NeedsNotification);
+    ops.push(Op::SetNotification(false));
+    ops.push(Op::SetNotification(true));
+    ops.push(Op::Pop);
+    ops
+}
+
+struct Seeds {
+    split: Vec<(String, Vec<u8>)>,
+    diff: Vec<(String, Vec<u8>)>,
+    io: Vec<(String, Vec<u8>)>,
+}
+
+/// Reader/writer steps for `chain_io` seeds: header read, payload, status byte.
+fn io_ops() -> Vec<IoOp> {
+    vec![
+        IoOp::ReadExact(16),
+        IoOp::Read(3),
+        IoOp::Skip(5),
+        IoOp::Read(0x1000),
+        IoOp::ReadExact(1),
+        IoOp::ToWriter,
+        IoOp::WriteAll(8, 0xAA),
+        IoOp::Write(0x800, 0x55),
+        IoOp::WriteAll(1, 0),
+    ]
+}
+
+impl Seeds {
+    /// A seed built by `build` on a fresh ring of `size`; served with `ops`.
+    fn add(
+        &mut self,
+        name: &str,
+        size: u16,
+        indirect: bool,
+        build: impl FnOnce(&mut SplitDriver<'_>),
+        ops: Vec<Op>,
+    ) {
+        let mem = new_memory();
+        let mut drv = SplitDriver::new(&mem, size, DESC, AVAIL, USED);
+        build(&mut drv);
+        let heads: Vec<u16> = (0..drv.avail_idx)
+            .map(|i| mem.peek_u16(AVAIL + 4 + 2 * u64::from(i % size)))
+            .collect();
+        let img = image(&mem);
+        let mut c = Config::standard(size, indirect);
+        c.event_idx = name.contains("event");
+        self.split
+            .push((name.to_owned(), Scenario::encode(&c, &img, &ops)));
+        // The differential target publishes the heads itself: drop the avail ring from the image.
+        let mut dimg = img.clone();
+        let (a, end) = ((AVAIL - IMAGE_AT) as usize, (USED - IMAGE_AT) as usize);
+        if dimg.len() > a {
+            let stop = end.min(dimg.len());
+            dimg[a..stop].fill(0);
+        }
+        let diff = DiffInput {
+            size,
+            indirect,
+            image: dimg,
+            heads: if heads.is_empty() { vec![0] } else { heads },
+        };
+        self.io.push((
+            name.to_owned(),
+            IoInput {
+                size,
+                indirect,
+                image: diff.image.clone(),
+                head: diff.heads[0],
+                ops: io_ops(),
+            }
+            .encode(),
+        ));
+        self.diff.push((name.to_owned(), diff.encode()));
+    }
+}
+
+fn main() {
+    let mut s = Seeds {
+        split: Vec::new(),
+        diff: Vec::new(),
+        io: Vec::new(),
+    };
+
+    // Well-formed.
+    s.add(
+        "ok-blk-like",
+        8,
+        false,
+        |drv| {
+            drv.add_chain(&[
+                (DATA, 16, false),
+                (DATA + 0x100, 512, true),
+                (DATA + 0x400, 1, true),
+            ]);
+            drv.add_chain(&[(DATA + 0x800, 64, false)]);
+            drv.add_chain(&[(0x10000, 0x1000, true)]);
+        },
+        serve(3),
+    );
+    s.add(
+        "ok-indirect",
+        16,
+        true,
+        |drv| {
+            drv.add_indirect_chain(
+                BUFS,
+                &[
+                    (DATA, 16, false),
+                    (DATA + 0x10, 8, true),
+                    (DATA + 0x20, 4, true),
+                ],
+            );
+            drv.add_chain(&[(DATA + 0x100, 32, false), (DATA + 0x200, 32, true)]);
+        },
+        serve(2),
+    );
+    s.add(
+        "ok-direct-then-indirect",
+        8,
+        true,
+        |drv| {
+            drv.write_table(BUFS, &[(DATA, 8, W | N, 1), (DATA + 8, 8, W, 0)]);
+            drv.set_desc(0, DATA + 0x100, 16, N, 1);
+            drv.set_desc(1, BUFS, 32, I | W, 0);
+            drv.publish(0);
+        },
+        serve(1),
+    );
+    s.add(
+        "ok-size1",
+        1,
+        false,
+        |drv| {
+            drv.add_chain(&[(DATA, 100, true)]);
+        },
+        serve(1),
+    );
+    s.add(
+        "ok-event-idx",
+        4,
+        false,
+        |drv| {
+            for k in 0..3 {
+                drv.add_chain(&[(DATA + 0x100 * k, 8, true)]);
+            }
+            drv.set_used_event(1);
+        },
+        {
+            let mut o = vec![
+                Op::Drain(3, 2),
+                Op::NeedsNotification,
+                Op::SetSuppression(0, 5),
+            ];
+            o.extend(serve(1));
+            o
+        },
+    );
+    s.add(
+        "ok-wrap-and-reset",
+        2,
+        false,
+        |drv| {
+            drv.add_chain(&[(DATA, 8, true)]);
+        },
+        {
+            let mut o = Vec::new();
+            for _ in 0..6 {
+                o.extend([
+                    Op::Pop,
+                    Op::Walk(0),
+                    Op::PushUsed(0, 8),
+                    Op::WriteDesc(0, d(DATA, 8, W, 0)),
+                    Op::PublishHead(0),
+                ]);
+            }
+            o.extend([
+                Op::Pop,
+                Op::Reset,
+                Op::Pop,
+                Op::PushBogus(0, 1),
+                Op::SetAvailIdx(0),
+            ]);
+            o.extend(serve(1));
+            o
+        },
+    );
+
+    // Hostile (ids from hostile-inputs.md Part B).
+    let chain_seed = |s: &mut Seeds,
+                      name: &str,
+                      size: u16,
+                      indirect: bool,
+                      descs: &[RawDesc],
+                      table: &[RawDesc]| {
+        let descs = descs.to_vec();
+        let table = table.to_vec();
+        s.add(
+            name,
+            size,
+            indirect,
+            move |drv| {
+                for (i, x) in descs.iter().enumerate() {
+                    drv.set_desc(i as u16, x.addr, x.len, x.flags, x.next);
+                }
+                let t: Vec<_> = table
+                    .iter()
+                    .map(|x| (x.addr, x.len, x.flags, x.next))
+                    .collect();
+                drv.write_table(BUFS, &t);
+                drv.publish(0);
+            },
+            serve(1),
+        );
+    };
+    chain_seed(
+        &mut s,
+        "h4-loop",
+        4,
+        false,
+        &[d(DATA, 8, N, 1), d(DATA, 8, N, 0)],
+        &[],
+    );
+    chain_seed(&mut s, "h4-self-loop", 8, false, &[d(DATA, 8, N, 0)], &[]);
+    chain_seed(
+        &mut s,
+        "h4-zero-len-loop",
+        8,
+        false,
+        &[d(DATA, 0, N, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h3-next-out-of-range",
+        4,
+        false,
+        &[d(DATA, 8, N, 4)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h6-zero-length",
+        4,
+        false,
+        &[d(DATA, 0, N, 1), d(DATA, 8, W, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h10-readable-after-writable",
+        4,
+        false,
+        &[d(DATA, 8, W | N, 1), d(DATA, 8, 0, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h7-buffer-in-hole",
+        4,
+        false,
+        &[d(HOLE, 8, 0, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h7-buffer-straddles-hole",
+        4,
+        false,
+        &[d(0x7FF0, 0x20, W, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h7-buffer-at-ram-end",
+        4,
+        false,
+        &[d(0x11FF0, 0x10, W, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h8-addr-overflow",
+        4,
+        false,
+        &[d(u64::MAX - 3, 8, 0, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h7f-length-overflow",
+        4,
+        false,
+        &[d(0, u32::MAX, N, 1), d(0x10000, 1, W, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h5m-indirect-not-negotiated",
+        4,
+        false,
+        &[d(BUFS, 16, I, 0)],
+        &[d(DATA, 8, 0, 0)],
+    );
+    chain_seed(
+        &mut s,
+        "h5h-indirect-with-next",
+        4,
+        true,
+        &[d(BUFS, 16, I | N, 1), d(DATA, 8, W, 0)],
+        &[d(DATA, 8, 0, 0)],
+    );
+    chain_seed(
+        &mut s,
+        "h5f-nested-indirect",
+        4,
+        true,
+        &[d(BUFS, 32, I, 0)],
+        &[d(DATA, 8, N, 1), d(BUFS, 16, I, 0)],
+    );
+    chain_seed(
+        &mut s,
+        "h5a-indirect-len-zero",
+        4,
+        true,
+        &[d(BUFS, 0, I, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h5c-indirect-len-unaligned",
+        4,
+        true,
+        &[d(BUFS, 24, I, 0)],
+        &[d(DATA, 8, 0, 0)],
+    );
+    chain_seed(
+        &mut s,
+        "h5d-indirect-too-many",
+        4,
+        true,
+        &[d(DATA, 8, N, 1), d(BUFS, 64, I, 0)],
+        &[
+            d(DATA, 8, N, 1),
+            d(DATA, 8, N, 2),
+            d(DATA, 8, N, 3),
+            d(DATA, 8, 0, 0),
+        ],
+    );
+    chain_seed(
+        &mut s,
+        "h5-indirect-table-in-hole",
+        4,
+        true,
+        &[d(HOLE, 32, I, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h5-indirect-loop",
+        8,
+        true,
+        &[d(BUFS, 32, I, 0)],
+        &[d(DATA, 8, N, 1), d(DATA, 8, N, 0)],
+    );
+    chain_seed(
+        &mut s,
+        "h5-indirect-next-out",
+        8,
+        true,
+        &[d(BUFS, 32, I | W, 0)],
+        &[d(DATA, 8, N, 2), d(DATA, 8, 0, 0)],
+    );
+    chain_seed(
+        &mut s,
+        "h5-indirect-unaligned-table",
+        8,
+        true,
+        &[d(BUFS + 4, 16, I, 0)],
+        &[],
+    );
+    chain_seed(
+        &mut s,
+        "h4-max-chain",
+        8,
+        false,
+        &(0..8u16)
+            .map(|i| {
+                d(
+                    DATA + 16 * u64::from(i),
+                    16,
+                    if i < 7 { N | W } else { W },
+                    i + 1,
+                )
+            })
+            .collect::<Vec<_>>(),
+        &[],
+    );
+
+    // Ring-level classes: H1 overrun, H2 head out of range, H13 duplicate head.
+    s.add(
+        "h1-avail-idx-overrun",
+        4,
+        false,
+        |drv| drv.set_avail_idx(5),
+        serve(1),
+    );
+    s.add(
+        "h2-head-out-of-range",
+        4,
+        false,
+        |drv| {
+            drv.set_desc(0, DATA, 8, 0, 0);
+            drv.publish(7);
+        },
+        serve(1),
+    );
+    s.add(
+        "h13-duplicate-head",
+        4,
+        false,
+        |drv| {
+            drv.set_desc(0, DATA, 8, W, 0);
+            drv.publish(0);
+            drv.publish(0);
+        },
+        serve(2),
+    );
+    // H12: TOCTOU, the guest changes a descriptor / ring entry / avail.idx after the first read.
+    s.add(
+        "h12-toctou-desc",
+        4,
+        false,
+        |drv| {
+            drv.set_desc(0, DATA, 8, W, 0);
+            drv.publish(0);
+        },
+        {
+            let mut o = vec![Op::FlipDesc(0, d(HOLE, 0xFFFF_FFFF, N | I, 9)), Op::Pop];
+            o.extend([
+                Op::Walk(0),
+                Op::Walk(0),
+                Op::CopyInto(0, true),
+                Op::PushUsed(0, 8),
+            ]);
+            o
+        },
+    );
+    s.add(
+        "h12-toctou-ring",
+        4,
+        false,
+        |drv| {
+            drv.set_desc(0, DATA, 8, W, 0);
+            drv.publish(0);
+        },
+        vec![
+            Op::FlipRing(0, 3),
+            Op::FlipAvailIdx(40),
+            Op::Pop,
+            Op::Pop,
+            Op::Pop,
+            Op::Walk(0),
+        ],
+    );
+    // Hostile placement: descriptor table in the hole, used ring straddling the hole.
+    {
+        let mut c = Config::standard(4, false);
+        c.desc = HOLE;
+        c.used = 0x7FFC;
+        let ops = vec![
+            Op::PublishHead(0),
+            Op::Pop,
+            Op::Walk(0),
+            Op::PushUsed(0, 0),
+            Op::PushBogus(1, 0),
+            Op::MarkBroken,
+            Op::Pop,
+            Op::Reset,
+            Op::Pop,
+        ];
+        s.split.push((
+            "h9-rings-outside-ram".into(),
+            Scenario::encode(&c, &[], &ops),
+        ));
+    }
+    s.add(
+        "h17-drain-deferred-and-broken",
+        8,
+        true,
+        |drv| {
+            drv.add_chain(&[(DATA, 8, true)]);
+            drv.set_desc(7, DATA, 8, N, 7);
+            drv.publish(7);
+            drv.add_chain(&[(DATA, 8, false)]);
+        },
+        vec![
+            Op::Drain(7, 0),
+            Op::Drain(7, 1),
+            Op::Walk(0),
+            Op::PushUsed(0, 8),
+            Op::Drain(1, 3),
+        ],
+    );
+
+    // MMIO: a driver that initialises the device and submits blk requests (read, write,
+    // flush, get-id, a bogus type, a malformed chain), v2 and legacy, inline and deferred.
+    let mut mmio = Vec::new();
+    {
+        let mem = new_memory();
+        let mut drv = SplitDriver::new(&mem, 8, DESC, AVAIL, USED);
+        let hdr = |ty: u32, sector: u64| {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&ty.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            h
+        };
+        for (k, ty) in [(0u64, 0u32), (1, 1), (2, 4), (3, 8), (4, 77)] {
+            let at = DATA + 0x400 * k;
+            mem.poke(at, &hdr(ty, k));
+            drv.add_chain(&[
+                (at, 16, false),
+                (at + 0x20, 512, ty == 0 || ty == 8),
+                (at + 0x300, 1, true),
+            ]);
+        }
+        drv.set_desc(7, DATA, 16, N, 7);
+        let img = image(&mem);
+        // The chains are published by the ops, after the device is initialised.
+        let mut img = img;
+        let a = (AVAIL - IMAGE_AT) as usize;
+        img[a..a + 4].fill(0);
+        for (name, legacy, deferred) in [
+            ("v2-inline", false, false),
+            ("v2-deferred", false, true),
+            ("legacy", true, false),
+        ] {
+            let mut ops = vec![
+                MmioOp::Read(0, 4),
+                MmioOp::Read(4, 4),
+                MmioOp::Read(0x10, 4),
+                MmioOp::Init(1 << 28),
+            ];
+            for head in 0..5 {
+                ops.push(MmioOp::Publish(head));
+            }
+            ops.extend([
+                MmioOp::Write(0x50, 4, 0),
+                MmioOp::TakeKicks,
+                MmioOp::Read(0x60, 4),
+                MmioOp::Write(0x64, 4, 1),
+                MmioOp::Publish(7),
+                MmioOp::Poll,
+                MmioOp::Read(0x70, 4),
+                MmioOp::Write(0x70, 4, 0),
+                MmioOp::Read(0x100, 4),
+                MmioOp::Read(0x114, 1),
+            ]);
+            let inp = MmioInput {
+                legacy,
+                deferred,
+                image: img.clone(),
+                ops,
+            };
+            mmio.push((format!("blk-{name}"), inp.encode()));
+        }
+    }
+
+    // Packed ring: chains published by the target's driver model (shape from the head value).
+    let mut packed = Vec::new();
+    for (name, size, indirect, event_idx, odd) in [
+        ("p8-indirect", 8u16, true, false, false),
+        ("p7-wrap", 8, true, true, true),
+        ("p1", 1, false, false, false),
+        ("p16-event", 16, false, true, false),
+    ] {
+        let mut c = Config::standard(size, indirect);
+        c.event_idx = event_idx;
+        let mut ops = Vec::new();
+        for round in 0..3u16 {
+            for h in [0x0100u16, 0x0205 | (round << 12), 0x0306, 0x040A, 0x0512] {
+                ops.push(Op::PublishHead(h));
+            }
+            ops.extend([
+                Op::Pop,
+                Op::Pop,
+                Op::Walk(0),
+                Op::CopyInto(1, true),
+                Op::PushUsed(0, 64),
+            ]);
+            ops.extend([
+                Op::NeedsNotification,
+                Op::Drain(4, round as u8),
+                Op::PushBogus(0, 1),
+            ]);
+            ops.extend([
+                Op::SetNotification(false),
+                Op::SetNotification(true),
+                Op::AddUsed(0, 0),
+            ]);
+            ops.extend([
+                Op::Publish,
+                Op::FlipDesc(2, d(DATA, 8, 0x80, 3)),
+                Op::Pop,
+                Op::Walk(1),
+            ]);
+        }
+        ops.extend([
+            Op::Reset,
+            Op::PublishHead(7),
+            Op::Pop,
+            Op::MarkBroken,
+            Op::Pop,
+        ]);
+        let mut bytes = Scenario::encode(&c, &[], &ops);
+        if odd {
+            bytes[0] |= 0x80;
+        }
+        packed.push((name.to_owned(), bytes));
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    for (target, seeds) in [
+        ("split_queue", &s.split),
+        ("model", &s.split),
+        ("differential_rustvmm", &s.diff),
+        ("chain_io", &s.io),
+        ("mmio", &mmio),
+        ("packed_queue", &packed),
+    ] {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in seeds {
+            fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        }
+        println!("{}: {} seeds", dir.display(), seeds.len());
+    }
+}
