@@ -459,7 +459,10 @@ fn serve_virtq_batched<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> u16 {
 fn serve_packed<M: GuestMemory + ?Sized>(q: &mut PackedQueue, mem: &M) -> u16 {
     let mut served = 0u16;
     let mut acc = 0u64;
-    while let Some(chain) = q.pop_avail(mem).expect("pop") {
+    // Pop into one reused chain: a PackedChain carries its copied descriptors, so returning
+    // it by value would copy them again.
+    let mut chain = virtq::packed::PackedChain::default();
+    while q.pop_avail_into(mem, &mut chain).expect("pop") {
         let mut written = 0u32;
         for d in chain.iter(mem) {
             let d = d.expect("valid chain");
