@@ -99,6 +99,12 @@ impl InFlight {
 ///
 /// `Queue` tracks which heads are in flight (a 4 KiB bitmap), so a head made available twice,
 /// or completed twice, is caught in O(1) without allocation.
+///
+/// The cursors are public for inspection and for save/restore. Change them only on a queue
+/// that is not running: the queue keeps private state derived from them (what it last read of
+/// `avail.idx`, what it last published), and a moved `next_used_idx` would publish used
+/// elements that were never written. A moved `next_avail_idx` is detected and makes the queue
+/// read `avail.idx` afresh.
 #[derive(Clone)]
 pub struct Queue {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), a power of two ≤ 32768.
