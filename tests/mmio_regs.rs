@@ -178,7 +178,7 @@ fn feature_words_mmio_r05_r08_feat06() {
         Features::ADMIN_VQ,          // MMIO-31
         Features::SR_IOV,            // RSV-12
         Features::NOTIF_CONFIG_DATA, // RSV-14
-        Features::RING_PACKED,       // not implemented: never offered (FEAT-06)
+        Features::RING_PACKED,       // this device has no packed ring (PACKED_RING unset)
         Features::NOTIFICATION_DATA, // not implemented
         Features::SUSPEND,           // not implemented
     ] {

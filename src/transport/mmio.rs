@@ -46,18 +46,31 @@
 //!   FAILED are ignored in O(1).
 //! * Features the transport cannot carry are never offered, whatever the device model says:
 //!   ADMIN_VQ, SR_IOV, NOTIF_CONFIG_DATA (PCI only), reserved bits, and the features this
-//!   transport does not implement (RING_PACKED, NOTIFICATION_DATA, SUSPEND). RING_RESET is
-//!   passed through on version 2: `QueueReset` resets one queue inside the write.
+//!   transport does not implement (NOTIFICATION_DATA, SUSPEND). RING_RESET is passed through
+//!   on version 2: `QueueReset` resets one queue inside the write.
+//!
+//! # Packed rings
+//!
+//! On version 2, `VIRTIO_F_RING_PACKED` (§2.8) is offered when the device model serves packed
+//! rings ([`VirtioDevice::PACKED_RING`]) and lists the bit in
+//! [`VirtioDevice::device_features`]. If the driver accepts it, every queue enabled after
+//! FEATURES_OK is a [`PackedQueue`]: `QueueDesc` is the descriptor ring, `QueueDriver` the
+//! driver event suppression structure and `QueueDevice` the device event suppression structure.
+//! Its size may be any value from 1 to `QueueNumMax` (PACKED-02, PACKED-03); the ring must be
+//! 16-aligned and the event structures 4-aligned (PACKED-04) and all three in guest RAM
+//! (PACKED-05). Notifications then go to [`VirtioDevice::queue_notify_packed`].
 //!
 //! # Used-buffer interrupts
 //!
 //! After the device's [`VirtioDevice::queue_notify`] returns, the transport asks every live
-//! queue [`Queue::needs_notification`] (EVENT_IDX or `VIRTQ_AVAIL_F_NO_INTERRUPT` applied) and
+//! queue [`Queue::needs_notification`] (or [`PackedQueue::needs_notification`]; EVENT_IDX,
+//! `VIRTQ_AVAIL_F_NO_INTERRUPT` or the driver event structure applied) and
 //! sets `InterruptStatus` bit 0 if any queue, or the handler itself, says so (MMIO-04).
 
 use core::fmt;
 
 use crate::memory::{GuestAddress, GuestMemory};
+use crate::packed::{PackedQueue, layout as packed_layout};
 use crate::split::Queue;
 use crate::wire::{DeviceStatus, Features, split_layout as layout};
 
@@ -250,9 +263,9 @@ impl core::error::Error for QueueSetupError {}
 
 /// Feature bits no virtio-mmio device offers here, whatever the device model says: SR_IOV,
 /// NOTIF_CONFIG_DATA and ADMIN_VQ are PCI-only (RSV-12, RSV-14, MMIO-31); bits 44–49 are
-/// reserved (FEAT-02); RING_PACKED, NOTIFICATION_DATA and SUSPEND are not implemented by
-/// this transport; 25, 26, 30, 31 are unassigned or legacy-only. RING_RESET needs the v2
-/// `QueueReset` register.
+/// reserved (FEAT-02); NOTIFICATION_DATA and SUSPEND are not implemented by this transport;
+/// 25, 26, 30, 31 are unassigned or legacy-only. RING_RESET needs the v2 `QueueReset`
+/// register and RING_PACKED needs VERSION_1 (both added on v2 only).
 const GENERIC_ALLOWED: u64 = Features::INDIRECT_DESC.bits()
     | Features::EVENT_IDX.bits()
     | Features::ACCESS_PLATFORM.bits()
@@ -319,6 +332,9 @@ pub struct MmioTransport<D, M, const Q: usize> {
     version: MmioVersion,
     mode: NotifyMode,
     queues: [Queue; Q],
+    /// The same queues in the packed format, used instead of `queues` once RING_PACKED is
+    /// negotiated.
+    packed: [PackedQueue; Q],
     regs: [QueueRegs; Q],
     status: DeviceStatus,
     offered: u64,
@@ -343,6 +359,7 @@ impl<D: fmt::Debug, M, const Q: usize> fmt::Debug for MmioTransport<D, M, Q> {
             .field("negotiated", &self.negotiated)
             .field("interrupt_status", &self.interrupt_status)
             .field("queues", &self.queues)
+            .field("packed", &self.packed)
             .finish()
     }
 }
@@ -372,6 +389,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         });
         let regs =
             core::array::from_fn(|i| QueueRegs::new(queues.get(i).map_or(0, |q| q.max_size)));
+        // Same `QueueNumMax` whichever ring format the driver picks.
+        let packed =
+            core::array::from_fn(|i| PackedQueue::new(queues.get(i).map_or(0, |q| q.max_size)));
         let dev = device.device_features();
         let generic = match version {
             MmioVersion::V2 => GENERIC_ALLOWED,
@@ -380,6 +400,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         let mut offered = dev & (DEVICE_SPECIFIC | generic);
         if version == MmioVersion::V2 {
             offered |= Features::VERSION_1.bits() | (dev & Features::RING_RESET.bits());
+            if D::PACKED_RING {
+                offered |= dev & Features::RING_PACKED.bits();
+            }
         }
         Self {
             device,
@@ -387,6 +410,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             version,
             mode: NotifyMode::Inline,
             queues,
+            packed,
             regs,
             status: DeviceStatus::empty(),
             offered,
@@ -429,9 +453,26 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         &self.mem
     }
 
-    /// Queue `index`, if it exists.
+    /// Queue `index` in the split format, if it exists (unused while
+    /// [`is_packed`](Self::is_packed)).
     pub fn queue(&self, index: u16) -> Option<&Queue> {
         self.queues.get(usize::from(index))
+    }
+
+    /// Queue `index` in the packed format, if it exists (used only while
+    /// [`is_packed`](Self::is_packed)).
+    pub fn packed_queue(&self, index: u16) -> Option<&PackedQueue> {
+        self.packed.get(usize::from(index))
+    }
+
+    /// Whether the driver negotiated `VIRTIO_F_RING_PACKED` (§2.8): queues enabled from now on
+    /// are packed.
+    pub const fn is_packed(&self) -> bool {
+        // `D::PACKED_RING` first: for a split-only device this folds to `false` at compile
+        // time and the packed paths are not linked.
+        D::PACKED_RING
+            && self.features_latched
+            && self.negotiated & Features::RING_PACKED.bits() != 0
     }
 
     /// Why queue `index` was refused at its last enable, if it was.
@@ -610,7 +651,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     /// queue that is not live. Returns the interrupt line level.
     pub fn process_queue(&mut self, index: u16) -> bool {
         if self.queue_live(index) {
-            let signal = self.device.queue_notify(index, &mut self.queues, &self.mem);
+            let signal = if self.is_packed() {
+                self.device
+                    .queue_notify_packed(index, &mut self.packed, &self.mem)
+            } else {
+                self.device.queue_notify(index, &mut self.queues, &self.mem)
+            };
             self.after_device(signal);
         }
         self.interrupt_asserted()
@@ -794,6 +840,11 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         for q in &mut self.queues {
             q.features = qf;
         }
+        if D::PACKED_RING {
+            for q in &mut self.packed {
+                q.features = qf;
+            }
+        }
         true
     }
 
@@ -820,8 +871,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
                 self.poll();
             }
             NotifyMode::Deferred => {
-                for (q, r) in self.queues.iter().zip(self.regs.iter_mut()) {
-                    r.kicked = q.ready;
+                let packed = self.is_packed();
+                for ((q, p), r) in self.queues.iter().zip(&self.packed).zip(&mut self.regs) {
+                    r.kicked = if packed { p.ready } else { q.ready };
                 }
             }
         }
@@ -831,8 +883,17 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     /// status reads 0.
     fn reset(&mut self) {
         self.device.reset();
-        for (q, r) in self.queues.iter_mut().zip(self.regs.iter_mut()) {
+        for ((q, p), r) in self
+            .queues
+            .iter_mut()
+            .zip(&mut self.packed)
+            .zip(&mut self.regs)
+        {
             q.reset();
+            // A split-only device never uses (or links) its packed queues.
+            if D::PACKED_RING {
+                p.reset();
+            }
             *r = QueueRegs::new(q.max_size);
         }
         self.status = DeviceStatus::empty();
@@ -865,9 +926,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             r.refused = None;
             r.reported = false;
             r.kicked = false;
-            if let Some(q) = self.queues.get_mut(i) {
-                q.reset();
-            }
+            self.reset_queue(i);
             if was_enabled {
                 self.queue_stopped(i);
             }
@@ -897,8 +956,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         if !r.enabled {
             return;
         }
-        q.reset();
         *r = QueueRegs::new(q.max_size);
+        self.reset_queue(i);
         self.queue_stopped(i);
     }
 
@@ -955,16 +1014,37 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         }
     }
 
-    /// Validate and program queue `i` (H9, MMIO-16); refuse it on any error.
+    /// Both formats of queue `i` back to their power-on state.
+    fn reset_queue(&mut self, i: usize) {
+        if let Some(q) = self.queues.get_mut(i) {
+            q.reset();
+        }
+        if let Some(p) = self.packed.get_mut(i).filter(|_| D::PACKED_RING) {
+            p.reset();
+        }
+    }
+
+    /// Validate and program queue `i` (H9, MMIO-16) in the negotiated ring format; refuse it
+    /// on any error.
     fn enable_queue(&mut self, i: usize, num: u32, desc: u64, driver: u64, device: u64) {
         let qf = self.queue_features();
-        let Some(q) = self.queues.get_mut(i) else {
-            return;
+        let result = if self.is_packed() {
+            let Some(p) = self.packed.get_mut(i) else {
+                return;
+            };
+            let r = program_packed(p, &self.mem, num, desc, driver, device);
+            p.features = qf;
+            r
+        } else {
+            let Some(q) = self.queues.get_mut(i) else {
+                return;
+            };
+            let r = program_queue(q, &self.mem, num, desc, driver, device);
+            q.features = qf;
+            r
         };
-        let result = program_queue(q, &self.mem, num, desc, driver, device);
         match result {
             Ok(()) => {
-                q.features = qf;
                 if let Some(r) = self.regs.get_mut(i) {
                     r.refused = None;
                     r.reported = false;
@@ -976,9 +1056,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
 
     fn refuse(&mut self, i: usize, e: QueueSetupError) {
         warn!("virtq: mmio: queue {} refused: {}", i, e);
-        if let Some(q) = self.queues.get_mut(i) {
-            q.reset();
-        }
+        self.reset_queue(i);
         if let Some(r) = self.regs.get_mut(i) {
             r.refused = Some(e);
         }
@@ -986,11 +1064,17 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     }
 
     fn queue_live(&self, index: u16) -> bool {
+        let i = usize::from(index);
         self.is_live()
-            && self
-                .queues
-                .get(usize::from(index))
-                .is_some_and(|q| q.ready && !q.is_broken())
+            && if self.is_packed() {
+                self.packed
+                    .get(i)
+                    .is_some_and(|q| q.ready && !q.is_broken())
+            } else {
+                self.queues
+                    .get(i)
+                    .is_some_and(|q| q.ready && !q.is_broken())
+            }
     }
 
     fn notify(&mut self, value: u32) {
@@ -1016,14 +1100,26 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     fn after_device(&mut self, signal: bool) {
         let mut used = signal;
         let mut broke = false;
-        for (q, r) in self.queues.iter_mut().zip(self.regs.iter_mut()) {
-            if !q.ready {
+        let packed = self.is_packed();
+        for ((q, p), r) in self
+            .queues
+            .iter_mut()
+            .zip(&mut self.packed)
+            .zip(&mut self.regs)
+        {
+            // (ready, broken, interrupt due) for the queue in the negotiated format.
+            let (ready, broken, due) = if packed {
+                let due = p.ready && !p.is_broken() && p.needs_notification(&self.mem) == Ok(true);
+                (p.ready, p.is_broken(), due)
+            } else {
+                let due = q.ready && !q.is_broken() && q.needs_notification(&self.mem) == Ok(true);
+                (q.ready, q.is_broken(), due)
+            };
+            if !ready {
                 continue;
             }
-            if !q.is_broken() && q.needs_notification(&self.mem) == Ok(true) {
-                used = true;
-            }
-            if q.is_broken() && !r.reported {
+            used |= due;
+            if broken && !r.reported {
                 r.reported = true;
                 broke = true;
             }
@@ -1049,6 +1145,70 @@ fn check_size(num: u32, max: u16) -> Result<u16, QueueSetupError> {
         return Err(QueueSetupError::SizeNotPowerOfTwo { size: num });
     }
     u16::try_from(num).map_err(|_| QueueSetupError::SizeTooLarge { size: num })
+}
+
+/// `QueueNum` checks for the packed ring (§2.8.10.1, PACKED-02, PACKED-03): 1 to `max`, any
+/// value (no power-of-two rule, H9c).
+fn check_packed_size(num: u32, max: u16) -> Result<u16, QueueSetupError> {
+    if num == 0 {
+        return Err(QueueSetupError::SizeZero);
+    }
+    match u16::try_from(num) {
+        Ok(size) if size <= max => Ok(size),
+        _ => Err(QueueSetupError::SizeTooLarge { size: num }),
+    }
+}
+
+/// Program packed queue `p` from raw register values and validate it (PACKED-02..05, H9); on
+/// error `p` is left not ready. `desc` is the descriptor ring, `driver` and `device` the
+/// driver and device event suppression structures.
+fn program_packed<M: GuestMemory + ?Sized>(
+    p: &mut PackedQueue,
+    mem: &M,
+    num: u32,
+    desc: u64,
+    driver: u64,
+    device: u64,
+) -> Result<(), QueueSetupError> {
+    let size = check_packed_size(num, p.max_size)?;
+    let (d, a, u) = (
+        GuestAddress(desc),
+        GuestAddress(driver),
+        GuestAddress(device),
+    );
+    if desc == 0
+        || driver == 0
+        || device == 0
+        || !d.is_aligned(packed_layout::DESC_ALIGN)
+        || !a.is_aligned(packed_layout::EVENT_ALIGN)
+        || !u.is_aligned(packed_layout::EVENT_ALIGN)
+    {
+        return Err(QueueSetupError::Misaligned);
+    }
+    let (ld, le) = (
+        packed_layout::desc_ring_bytes(size),
+        packed_layout::EVENT_SIZE,
+    );
+    if d.checked_end(ld).is_none() || a.checked_end(le).is_none() || u.checked_end(le).is_none() {
+        return Err(QueueSetupError::AddressOverflow);
+    }
+    if overlaps(desc, ld, driver, le)
+        || overlaps(desc, ld, device, le)
+        || overlaps(driver, le, device, le)
+    {
+        return Err(QueueSetupError::Overlap);
+    }
+    p.reset();
+    p.set_size(size);
+    p.desc_ring_addr = d;
+    p.driver_event_addr = a;
+    p.device_event_addr = u;
+    p.ready = true;
+    if p.check_rings(mem).is_err() {
+        p.reset();
+        return Err(QueueSetupError::OutsideRam);
+    }
+    Ok(())
 }
 
 /// Legacy contiguous layout (§2.7.2, LEG-07): descriptor table at `pfn * page`, available
@@ -1150,6 +1310,19 @@ mod tests {
             Err(QueueSetupError::SizeNotPowerOfTwo { size: 6 })
         );
         assert_eq!(check_size(256, 256), Ok(256));
+        // Packed: any size from 1 to the maximum (H9c), 0 and above-maximum refused.
+        assert_eq!(check_packed_size(0, 256), Err(QueueSetupError::SizeZero));
+        assert_eq!(check_packed_size(6, 256), Ok(6));
+        assert_eq!(check_packed_size(1, 256), Ok(1));
+        assert_eq!(check_packed_size(256, 256), Ok(256));
+        assert_eq!(
+            check_packed_size(257, 256),
+            Err(QueueSetupError::SizeTooLarge { size: 257 })
+        );
+        assert_eq!(
+            check_packed_size(0x1_0006, 256),
+            Err(QueueSetupError::SizeTooLarge { size: 0x1_0006 })
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use virtq::io::{IoError, split_descriptors};
 use virtq::transport::{VirtioDevice, config_read};
-use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, Queue};
+
+use super::{RingChain, drain_all};
+use virtq::{Completion, Descriptor, Features, GuestMemory, PackedQueue, Queue};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -171,9 +173,9 @@ impl BlkDevice {
         Ok(resp.bytes_written())
     }
 
-    fn handle<M: GuestMemory + ?Sized>(&mut self, chain: DescriptorChain, mem: &M) -> Completion {
+    fn handle<M: GuestMemory + ?Sized, C: RingChain>(&mut self, chain: &C, mem: &M) -> Completion {
         let mut descs = std::mem::take(&mut self.scratch);
-        let len = match super::collect(&chain, mem, &mut descs) {
+        let len = match super::collect(chain, mem, &mut descs) {
             Ok(()) => self.serve(mem, &descs).unwrap_or_else(|_| {
                 self.stats.malformed += 1;
                 0
@@ -191,6 +193,8 @@ impl BlkDevice {
 static ZEROS: [u8; 4096] = [0; 4096];
 
 impl VirtioDevice for BlkDevice {
+    const PACKED_RING: bool = true;
+
     fn device_id(&self) -> u32 {
         DEVICE_ID
     }
@@ -220,17 +224,18 @@ impl VirtioDevice for BlkDevice {
         let Some(q) = queues.get_mut(usize::from(index)).filter(|_| index == 0) else {
             return false;
         };
-        let mut notify = false;
-        loop {
-            match q.drain(mem, super::BUDGET, |chain| self.handle(chain, mem)) {
-                Ok(r) => {
-                    notify |= r.notify;
-                    if !r.more {
-                        return notify;
-                    }
-                }
-                Err(_) => return notify,
-            }
-        }
+        drain_all(q, mem, |chain| self.handle(chain, mem))
+    }
+
+    fn queue_notify_packed<M: GuestMemory + ?Sized>(
+        &mut self,
+        index: u16,
+        queues: &mut [PackedQueue],
+        mem: &M,
+    ) -> bool {
+        let Some(q) = queues.get_mut(usize::from(index)).filter(|_| index == 0) else {
+            return false;
+        };
+        drain_all(q, mem, |chain| self.handle(chain, mem))
     }
 }

@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 
 use virtq::io::split_descriptors;
 use virtq::transport::{VirtioDevice, config_read};
-use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, Queue};
+use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, PackedChain};
+use virtq::{PackedQueue, Queue};
+
+use super::{Ring, drain_all};
 
 /// Device type 3 (§5.3.1).
 pub const DEVICE_ID: u32 = 3;
@@ -25,6 +28,8 @@ pub struct ConsoleDevice {
     pending: VecDeque<u8>,
     /// Receive buffers the driver posted that are still empty (kept across notifications).
     posted: VecDeque<DescriptorChain>,
+    /// The same, when the rings are packed.
+    posted_packed: VecDeque<PackedChain>,
     scratch: Vec<Descriptor>,
     /// Every byte the driver transmitted, in order.
     pub transmitted: Vec<u8>,
@@ -38,41 +43,38 @@ impl ConsoleDevice {
             queue_size,
             pending: VecDeque::new(),
             posted: VecDeque::new(),
+            posted_packed: VecDeque::new(),
             scratch: Vec::new(),
             transmitted: Vec::new(),
         }
     }
 
     /// Take what the driver transmitted.
-    fn take_tx<M: GuestMemory + ?Sized>(&mut self, q: &mut Queue, mem: &M) -> bool {
+    fn take_tx<R: Ring, M: GuestMemory + ?Sized>(&mut self, q: &mut R, mem: &M) -> bool {
         let (pending, transmitted, scratch) =
             (&mut self.pending, &mut self.transmitted, &mut self.scratch);
-        let mut notify = false;
-        loop {
-            let r = q.drain(mem, super::BUDGET, |chain| {
-                if super::collect(&chain, mem, scratch).is_ok() {
-                    let (mut rd, _) = split_descriptors(mem, scratch);
-                    let mut buf = vec![0u8; rd.remaining() as usize];
-                    if rd.read_exact(&mut buf).is_ok() {
-                        transmitted.extend_from_slice(&buf);
-                        pending.extend(buf);
-                    }
+        drain_all(q, mem, |chain| {
+            if super::collect(chain, mem, scratch).is_ok() {
+                let (mut rd, _) = split_descriptors(mem, scratch);
+                let mut buf = vec![0u8; rd.remaining() as usize];
+                if rd.read_exact(&mut buf).is_ok() {
+                    transmitted.extend_from_slice(&buf);
+                    pending.extend(buf);
                 }
-                Completion::Used(0)
-            });
-            match r {
-                Ok(r) if r.more => notify |= r.notify,
-                Ok(r) => return notify | r.notify,
-                Err(_) => return notify,
             }
-        }
+            Completion::Used(0)
+        })
     }
 
     /// Post new receive buffers and fill as many as there are pending bytes.
-    fn fill_rx<M: GuestMemory + ?Sized>(&mut self, q: &mut Queue, mem: &M) -> bool {
-        let posted = &mut self.posted;
-        let mut notify = match q.drain(mem, usize::MAX, |chain| {
-            posted.push_back(chain);
+    fn fill_rx<R: Ring, M: GuestMemory + ?Sized>(
+        &mut self,
+        q: &mut R,
+        posted: &mut VecDeque<R::Chain>,
+        mem: &M,
+    ) -> bool {
+        let mut notify = match q.drain_with(mem, usize::MAX, |chain| {
+            posted.push_back(*chain);
             Completion::Deferred
         }) {
             Ok(r) => r.notify,
@@ -80,7 +82,7 @@ impl ConsoleDevice {
         };
         let mut any = false;
         while !self.pending.is_empty() {
-            let Some(chain) = self.posted.pop_front() else {
+            let Some(chain) = posted.pop_front() else {
                 break;
             };
             let mut len = 0;
@@ -92,18 +94,20 @@ impl ConsoleDevice {
                     len = wr.bytes_written();
                 }
             }
-            if q.add_used(mem, chain.head_index(), len).is_ok() {
+            if q.complete(mem, &chain, len).is_ok() {
                 any = true;
             }
         }
-        if any && q.publish_used(mem).is_ok() {
-            notify |= q.needs_notification(mem) == Ok(true);
+        if any {
+            notify |= q.publish(mem);
         }
         notify
     }
 }
 
 impl VirtioDevice for ConsoleDevice {
+    const PACKED_RING: bool = true;
+
     fn device_id(&self) -> u32 {
         DEVICE_ID
     }
@@ -128,12 +132,14 @@ impl VirtioDevice for ConsoleDevice {
     fn reset(&mut self) {
         self.pending.clear();
         self.posted.clear();
+        self.posted_packed.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
         // Kept receive buffers belong to the old incarnation of the queue.
         if index == RX {
             self.posted.clear();
+            self.posted_packed.clear();
         }
     }
 
@@ -150,6 +156,28 @@ impl VirtioDevice for ConsoleDevice {
         if index == TX {
             notify |= self.take_tx(tx, mem);
         }
-        notify | self.fill_rx(rx, mem)
+        let mut posted = std::mem::take(&mut self.posted);
+        notify |= self.fill_rx(rx, &mut posted, mem);
+        self.posted = posted;
+        notify
+    }
+
+    fn queue_notify_packed<M: GuestMemory + ?Sized>(
+        &mut self,
+        index: u16,
+        queues: &mut [PackedQueue],
+        mem: &M,
+    ) -> bool {
+        let [rx, tx, ..] = queues else {
+            return false;
+        };
+        let mut notify = false;
+        if index == TX {
+            notify |= self.take_tx(tx, mem);
+        }
+        let mut posted = std::mem::take(&mut self.posted_packed);
+        notify |= self.fill_rx(rx, &mut posted, mem);
+        self.posted_packed = posted;
+        notify
     }
 }

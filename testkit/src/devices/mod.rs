@@ -8,6 +8,11 @@
 //! validated ([`collect`]), bytes move through [`virtq::io`]'s reader and writer, completions
 //! go through [`Queue::drain`](virtq::Queue::drain), and a malformed chain is completed with
 //! length 0 (escalation (a)) so one bad request does not stop the queue.
+//!
+//! Each serves both ring formats: created with `Features::RING_PACKED` among its extra
+//! features, it is offered the packed ring and, if the driver takes it, runs the same handler
+//! on [`PackedQueue::drain`](virtq::PackedQueue::drain) through the [`Ring`] trait. The
+//! packed-ring driver is [`crate::PackedDriver`] (virtio-drivers has no packed ring).
 
 pub mod blk;
 pub mod console;
@@ -17,16 +22,19 @@ pub use blk::BlkDevice;
 pub use console::ConsoleDevice;
 pub use net::NetDevice;
 
-use virtq::{ChainError, Descriptor, DescriptorChain, GuestMemory};
+use virtq::{
+    ChainError, Completion, Descriptor, DescriptorChain, DescriptorIter, DrainReport, GuestMemory,
+    PackedChain, PackedQueue, Queue, QueueError,
+};
 
 /// Walk `chain` once and copy its validated descriptors into `out` (cleared first).
-pub fn collect<M: GuestMemory + ?Sized>(
-    chain: &DescriptorChain,
+pub fn collect<M: GuestMemory + ?Sized, C: RingChain>(
+    chain: &C,
     mem: &M,
     out: &mut Vec<Descriptor>,
 ) -> Result<(), ChainError> {
     out.clear();
-    for d in chain.iter(mem) {
+    for d in chain.walk(mem) {
         match d {
             Ok(d) => out.push(d),
             Err(e) => {
@@ -41,3 +49,131 @@ pub fn collect<M: GuestMemory + ?Sized>(
 /// Chains one `queue_notify` call processes before it lets the transport look at interrupts
 /// (the work budget of H17); the handler loops while the queue reports more.
 pub const BUDGET: usize = 256;
+
+/// A chain popped from either ring format: what the example devices need to serve it.
+pub trait RingChain: Copy {
+    /// Walk the chain's buffers (`DescriptorChain::iter` / `PackedChain::iter`).
+    fn walk<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> DescriptorIter<'a, M>;
+}
+
+impl RingChain for DescriptorChain {
+    fn walk<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> DescriptorIter<'a, M> {
+        self.iter(mem)
+    }
+}
+
+impl RingChain for PackedChain {
+    fn walk<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> DescriptorIter<'a, M> {
+        self.iter(mem)
+    }
+}
+
+/// The device-side operations the example devices use, on either ring format (split
+/// [`Queue`], §2.7, or [`PackedQueue`], §2.8), so one handler serves both.
+pub trait Ring {
+    /// The chain type the ring pops.
+    type Chain: RingChain;
+
+    /// `drain`: pop up to `budget` chains into `handle`, publish once, decide the interrupt.
+    fn drain_with<M, F>(
+        &mut self,
+        mem: &M,
+        budget: usize,
+        handle: F,
+    ) -> Result<DrainReport, QueueError>
+    where
+        M: GuestMemory + ?Sized,
+        F: FnMut(&Self::Chain) -> Completion;
+
+    /// Add a used entry for a kept chain (not yet published).
+    fn complete<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        chain: &Self::Chain,
+        len: u32,
+    ) -> Result<(), QueueError>;
+
+    /// Publish what was added; whether the driver must be interrupted.
+    fn publish<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> bool;
+}
+
+impl Ring for Queue {
+    type Chain = DescriptorChain;
+
+    fn drain_with<M, F>(
+        &mut self,
+        mem: &M,
+        budget: usize,
+        mut handle: F,
+    ) -> Result<DrainReport, QueueError>
+    where
+        M: GuestMemory + ?Sized,
+        F: FnMut(&Self::Chain) -> Completion,
+    {
+        self.drain(mem, budget, |c| handle(&c))
+    }
+
+    fn complete<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        chain: &Self::Chain,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        self.add_used(mem, chain.head_index(), len)
+    }
+
+    fn publish<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> bool {
+        self.publish_used(mem).is_ok() && self.needs_notification(mem) == Ok(true)
+    }
+}
+
+impl Ring for PackedQueue {
+    type Chain = PackedChain;
+
+    fn drain_with<M, F>(
+        &mut self,
+        mem: &M,
+        budget: usize,
+        handle: F,
+    ) -> Result<DrainReport, QueueError>
+    where
+        M: GuestMemory + ?Sized,
+        F: FnMut(&Self::Chain) -> Completion,
+    {
+        self.drain(mem, budget, handle)
+    }
+
+    fn complete<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        chain: &Self::Chain,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        self.add_used(mem, chain, len)
+    }
+
+    fn publish<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> bool {
+        self.publish_used(mem).is_ok() && self.needs_notification(mem) == Ok(true)
+    }
+}
+
+/// Drain `q` in rounds of [`BUDGET`] chains until it reports no more work, calling `handle`
+/// for each chain; whether the driver must be interrupted.
+pub fn drain_all<R: Ring, M: GuestMemory + ?Sized>(
+    q: &mut R,
+    mem: &M,
+    mut handle: impl FnMut(&R::Chain) -> Completion,
+) -> bool {
+    let mut notify = false;
+    loop {
+        match q.drain_with(mem, BUDGET, &mut handle) {
+            Ok(r) => {
+                notify |= r.notify;
+                if !r.more {
+                    return notify;
+                }
+            }
+            Err(_) => return notify,
+        }
+    }
+}

@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 
 use virtq::io::split_descriptors;
 use virtq::transport::{VirtioDevice, config_read};
-use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, Queue};
+use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, PackedChain};
+use virtq::{PackedQueue, Queue};
+
+use super::{Ring, drain_all};
 
 /// Device type 1 (§5.1.1).
 pub const DEVICE_ID: u32 = 1;
@@ -27,6 +30,8 @@ pub struct NetDevice {
     queue_size: u16,
     frames: VecDeque<Vec<u8>>,
     posted: VecDeque<DescriptorChain>,
+    /// The same, when the rings are packed.
+    posted_packed: VecDeque<PackedChain>,
     scratch: Vec<Descriptor>,
     /// Frames delivered back to the driver.
     pub looped: u64,
@@ -42,38 +47,35 @@ impl NetDevice {
             queue_size,
             frames: VecDeque::new(),
             posted: VecDeque::new(),
+            posted_packed: VecDeque::new(),
             scratch: Vec::new(),
             looped: 0,
             dropped: 0,
         }
     }
 
-    fn take_tx<M: GuestMemory + ?Sized>(&mut self, q: &mut Queue, mem: &M) -> bool {
+    fn take_tx<R: Ring, M: GuestMemory + ?Sized>(&mut self, q: &mut R, mem: &M) -> bool {
         let (frames, scratch) = (&mut self.frames, &mut self.scratch);
-        let mut notify = false;
-        loop {
-            let r = q.drain(mem, super::BUDGET, |chain| {
-                if super::collect(&chain, mem, scratch).is_ok() {
-                    let (mut rd, _) = split_descriptors(mem, scratch);
-                    let mut frame = vec![0u8; rd.remaining() as usize];
-                    if rd.read_exact(&mut frame).is_ok() {
-                        frames.push_back(frame);
-                    }
+        drain_all(q, mem, |chain| {
+            if super::collect(chain, mem, scratch).is_ok() {
+                let (mut rd, _) = split_descriptors(mem, scratch);
+                let mut frame = vec![0u8; rd.remaining() as usize];
+                if rd.read_exact(&mut frame).is_ok() {
+                    frames.push_back(frame);
                 }
-                Completion::Used(0)
-            });
-            match r {
-                Ok(r) if r.more => notify |= r.notify,
-                Ok(r) => return notify | r.notify,
-                Err(_) => return notify,
             }
-        }
+            Completion::Used(0)
+        })
     }
 
-    fn fill_rx<M: GuestMemory + ?Sized>(&mut self, q: &mut Queue, mem: &M) -> bool {
-        let posted = &mut self.posted;
-        let mut notify = match q.drain(mem, usize::MAX, |chain| {
-            posted.push_back(chain);
+    fn fill_rx<R: Ring, M: GuestMemory + ?Sized>(
+        &mut self,
+        q: &mut R,
+        posted: &mut VecDeque<R::Chain>,
+        mem: &M,
+    ) -> bool {
+        let mut notify = match q.drain_with(mem, usize::MAX, |chain| {
+            posted.push_back(*chain);
             Completion::Deferred
         }) {
             Ok(r) => r.notify,
@@ -81,7 +83,7 @@ impl NetDevice {
         };
         let mut any = false;
         while !self.frames.is_empty() {
-            let Some(chain) = self.posted.pop_front() else {
+            let Some(chain) = posted.pop_front() else {
                 break;
             };
             let frame = self.frames.pop_front().unwrap_or_default();
@@ -95,18 +97,20 @@ impl NetDevice {
                     self.dropped += 1;
                 }
             }
-            if q.add_used(mem, chain.head_index(), len).is_ok() {
+            if q.complete(mem, &chain, len).is_ok() {
                 any = true;
             }
         }
-        if any && q.publish_used(mem).is_ok() {
-            notify |= q.needs_notification(mem) == Ok(true);
+        if any {
+            notify |= q.publish(mem);
         }
         notify
     }
 }
 
 impl VirtioDevice for NetDevice {
+    const PACKED_RING: bool = true;
+
     fn device_id(&self) -> u32 {
         DEVICE_ID
     }
@@ -130,12 +134,14 @@ impl VirtioDevice for NetDevice {
     fn reset(&mut self) {
         self.frames.clear();
         self.posted.clear();
+        self.posted_packed.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
         // Kept receive buffers belong to the old incarnation of the queue.
         if index == RX {
             self.posted.clear();
+            self.posted_packed.clear();
         }
     }
 
@@ -152,6 +158,28 @@ impl VirtioDevice for NetDevice {
         if index == TX {
             notify |= self.take_tx(tx, mem);
         }
-        notify | self.fill_rx(rx, mem)
+        let mut posted = std::mem::take(&mut self.posted);
+        notify |= self.fill_rx(rx, &mut posted, mem);
+        self.posted = posted;
+        notify
+    }
+
+    fn queue_notify_packed<M: GuestMemory + ?Sized>(
+        &mut self,
+        index: u16,
+        queues: &mut [PackedQueue],
+        mem: &M,
+    ) -> bool {
+        let [rx, tx, ..] = queues else {
+            return false;
+        };
+        let mut notify = false;
+        if index == TX {
+            notify |= self.take_tx(tx, mem);
+        }
+        let mut posted = std::mem::take(&mut self.posted_packed);
+        notify |= self.fill_rx(rx, &mut posted, mem);
+        self.posted_packed = posted;
+        notify
     }
 }
