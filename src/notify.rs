@@ -89,17 +89,13 @@ mod tests {
 
     #[test]
     fn window_test_matches_definition_for_every_u8_triple() {
-        // Every triple natively (2^24); under Miri, which interprets each step, every `new`
-        // and `event` for a few starting points around the wrap.
-        let olds: &[u8] = if cfg!(miri) {
-            &[0, 1, 127, 254, 255]
-        } else {
-            &[]
-        };
+        // Every triple natively (2^24); under Miri, which interprets each step, a sample of
+        // `new` for a start point just before the wrap, against every `event`.
+        let (olds, new_step): (&[u8], usize) = if cfg!(miri) { (&[255], 5) } else { (&[], 1) };
         let all: std::vec::Vec<u8> = (0..=255u8).collect();
         let olds = if olds.is_empty() { &all[..] } else { olds };
         for &old in olds {
-            for new in 0..=255u8 {
+            for new in (0..=255u8).step_by(new_step) {
                 let set = written_positions(old, new);
                 for event in 0..=255u8 {
                     assert_eq!(
