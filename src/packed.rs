@@ -72,7 +72,7 @@ use crate::chain::{
 };
 use crate::error::QueueError;
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
-use crate::notify::{Completion, DrainReport, need_event};
+use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 
 /// Most non-empty *direct* buffers one packed chain may have (a device cap, PACKED-25,
@@ -1054,43 +1054,42 @@ impl PackedQueue {
         &mut self,
         mem: &M,
         budget: usize,
-        mut handle: F,
+        handle: F,
     ) -> Result<DrainReport, QueueError>
     where
         M: GuestMemory + ?Sized,
         F: FnMut(&PackedChain) -> Completion,
     {
-        let mut report = DrainReport::default();
         let mut chain = PackedChain::EMPTY;
-        self.disable_notification(mem)?;
-        loop {
-            while report.processed < budget {
-                if !self.pop_avail_into(mem, &mut chain)? {
-                    break;
-                }
-                report.processed = report.processed.saturating_add(1);
-                match handle(&chain) {
-                    Completion::Used(len) => self.add_used(mem, &chain, len)?,
-                    Completion::Deferred => {}
-                    Completion::Broken(e) => {
-                        self.mark_broken(e);
-                        return Err(QueueError::Chain(e));
-                    }
-                }
-            }
-            if report.processed >= budget && self.has_pending(mem)? {
-                report.more = true;
-                break;
-            }
-            if !self.enable_notification(mem)? {
-                break;
-            }
-            // Work raced in while re-enabling: keep going (within the budget).
-            self.disable_notification(mem)?;
-        }
-        report.completed = self.publish_used(mem)?;
-        report.notify = self.needs_notification(mem)?;
-        Ok(report)
+        drain_loop(self, mem, budget, &mut chain, handle)
+    }
+}
+
+impl<M: GuestMemory + ?Sized> DrainRing<M> for PackedQueue {
+    type Chain = PackedChain;
+    fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
+        self.disable_notification(mem)
+    }
+    fn kicks_on(&mut self, mem: &M) -> Result<bool, QueueError> {
+        self.enable_notification(mem)
+    }
+    fn pending(&mut self, mem: &M) -> Result<bool, QueueError> {
+        self.has_pending(mem)
+    }
+    fn pop(&mut self, mem: &M, chain: &mut PackedChain) -> Result<bool, QueueError> {
+        self.pop_avail_into(mem, chain)
+    }
+    fn complete(&mut self, mem: &M, chain: &PackedChain, len: u32) -> Result<(), QueueError> {
+        self.add_used(mem, chain, len)
+    }
+    fn stop(&mut self, e: ChainError) {
+        self.mark_broken(e);
+    }
+    fn publish(&mut self, mem: &M) -> Result<u16, QueueError> {
+        self.publish_used(mem)
+    }
+    fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
+        self.needs_notification(mem)
     }
 }
 

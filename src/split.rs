@@ -28,7 +28,7 @@ use core::sync::atomic::{Ordering, fence};
 use crate::chain::{ChainError, DescriptorChain};
 use crate::error::QueueError;
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
-use crate::notify::{Completion, DrainReport, need_event};
+use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{
     AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
 };
@@ -680,36 +680,38 @@ impl Queue {
         M: GuestMemory + ?Sized,
         F: FnMut(DescriptorChain) -> Completion,
     {
-        let mut report = DrainReport::default();
-        self.disable_notification(mem)?;
-        loop {
-            while report.processed < budget {
-                let Some(chain) = self.pop_avail(mem)? else {
-                    break;
-                };
-                report.processed = report.processed.saturating_add(1);
-                match handle(chain) {
-                    Completion::Used(len) => self.add_used(mem, chain.head_index(), len)?,
-                    Completion::Deferred => {}
-                    Completion::Broken(e) => {
-                        self.mark_broken(e);
-                        return Err(QueueError::Chain(e));
-                    }
-                }
-            }
-            if report.processed >= budget && self.has_pending(mem)? {
-                report.more = true;
-                break;
-            }
-            if !self.enable_notification(mem)? {
-                break;
-            }
-            // Work raced in while re-enabling: keep going (within the budget).
-            self.disable_notification(mem)?;
-        }
-        report.completed = self.publish_used(mem)?;
-        report.notify = self.needs_notification(mem)?;
-        Ok(report)
+        let mut chain = DescriptorChain::new(0, 0, false, GuestAddress(0));
+        drain_loop(self, mem, budget, &mut chain, |c: &DescriptorChain| {
+            handle(*c)
+        })
+    }
+}
+
+impl<M: GuestMemory + ?Sized> DrainRing<M> for Queue {
+    type Chain = DescriptorChain;
+    fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
+        self.disable_notification(mem)
+    }
+    fn kicks_on(&mut self, mem: &M) -> Result<bool, QueueError> {
+        self.enable_notification(mem)
+    }
+    fn pending(&mut self, mem: &M) -> Result<bool, QueueError> {
+        self.has_pending(mem)
+    }
+    fn pop(&mut self, mem: &M, chain: &mut DescriptorChain) -> Result<bool, QueueError> {
+        Ok(self.pop_avail(mem)?.map(|c| *chain = c).is_some())
+    }
+    fn complete(&mut self, mem: &M, chain: &DescriptorChain, len: u32) -> Result<(), QueueError> {
+        self.add_used(mem, chain.head_index(), len)
+    }
+    fn stop(&mut self, e: ChainError) {
+        self.mark_broken(e);
+    }
+    fn publish(&mut self, mem: &M) -> Result<u16, QueueError> {
+        self.publish_used(mem)
+    }
+    fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
+        self.needs_notification(mem)
     }
 }
 
