@@ -187,10 +187,9 @@ impl Harness<'_> {
                 let log = self.take();
                 assert!(log.len() <= 6 * size + 4, "pop made {log:?}");
                 if let Ok(Some(chain)) = r {
-                    assert!(
-                        !self.held.contains(&chain),
-                        "chain handed out twice: {chain:?}"
-                    );
+                    // Equality is not identity: after out-of-order completions the driver may
+                    // reuse a slot whose chain is still held, and a hostile driver may repeat
+                    // the buffer id (H15e), so an equal chain can legitimately be in flight.
                     self.held.push(chain);
                 }
                 if stopped {
