@@ -461,7 +461,7 @@ fn serve_packed<M: GuestMemory + ?Sized>(q: &mut PackedQueue, mem: &M) -> u16 {
     let mut acc = 0u64;
     // Pop into one reused chain: a PackedChain carries its copied descriptors, so returning
     // it by value would copy them again.
-    let mut chain = virtq::packed::PackedChain::default();
+    let mut chain = virtq::packed::PackedChain::new();
     while q.pop_avail_into(mem, &mut chain).expect("pop") {
         let mut written = 0u32;
         for d in chain.iter(mem) {

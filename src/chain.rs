@@ -39,7 +39,6 @@
 use core::fmt;
 
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
-use crate::packed::PACKED_MAX_DIRECT;
 use crate::wire::{DescFlags, PackedDesc, SplitDesc, split_layout::DESC_SIZE};
 
 /// A validated buffer of a chain: guest address, length and direction (§2.7.5).
@@ -116,9 +115,9 @@ pub enum ChainError {
     LengthOverflow,
     /// A buffer, indirect table or descriptor lies outside guest RAM or overflows (H7, H8).
     Memory(MemoryError),
-    /// The chain has more buffers than the caller's storage holds (H11), or a packed chain has
-    /// more direct buffers than [`PACKED_MAX_DIRECT`]
-    /// (PACKED-25).
+    /// The chain has more buffers than the caller's storage holds (H11): a `heapless::Vec` given
+    /// to `copy_into`, or the `N` direct buffers a [`PackedChain<N>`](crate::PackedChain)
+    /// carries (a device-chosen cap, PACKED-25).
     TooManySegments,
     /// Packed ring: a descriptor the chain continues into (NEXT) is not available yet, so the
     /// chain has no end and no buffer ID (H15b, PACKED-38, §2.8.17). Never a truncated chain.
@@ -476,21 +475,26 @@ impl<M: GuestMemory + ?Sized> core::iter::FusedIterator for DescriptorIter<'_, M
 
 /// A packed chain's contents as `PackedQueue::pop_avail` copied and validated them: the
 /// non-empty direct buffers, then what follows them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub(crate) struct PackedBody {
-    len: u8,
-    bufs: [Descriptor; PACKED_MAX_DIRECT],
+///
+/// `B` is `[Descriptor; N]` inside a [`PackedChain<N>`](crate::PackedChain); the queue and
+/// the walk see it unsized (`B = [Descriptor]`), so neither is generic over `N`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PackedBody<B: ?Sized = [Descriptor]> {
+    /// Buffers stored in `bufs` (a prefix; the rest is stale and never read).
+    len: u16,
     pub(crate) tail: PackedTail,
+    bufs: B,
+}
+
+impl<const N: usize> PackedBody<[Descriptor; N]> {
+    pub(crate) const EMPTY: Self = Self {
+        len: 0,
+        tail: PackedTail::End,
+        bufs: [Descriptor::EMPTY; N],
+    };
 }
 
 impl PackedBody {
-    pub(crate) const EMPTY: Self = Self {
-        len: 0,
-        bufs: [Descriptor::EMPTY; PACKED_MAX_DIRECT],
-        tail: PackedTail::End,
-    };
-
     /// Forget the contents (the stale buffers past `len` are never read).
     #[inline]
     pub(crate) fn clear(&mut self) {
@@ -498,7 +502,14 @@ impl PackedBody {
         self.tail = PackedTail::End;
     }
 
-    /// Store one validated, non-empty direct buffer.
+    /// The stored buffers.
+    #[inline]
+    pub(crate) fn bufs(&self) -> &[Descriptor] {
+        self.bufs.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// Store one validated, non-empty direct buffer; [`ChainError::TooManySegments`] once the
+    /// storage is full.
     #[inline]
     pub(crate) fn push(&mut self, d: Descriptor) -> Result<(), ChainError> {
         let slot = self
@@ -506,7 +517,9 @@ impl PackedBody {
             .get_mut(usize::from(self.len))
             .ok_or(ChainError::TooManySegments)?;
         *slot = d;
-        // `len < PACKED_MAX_DIRECT <= u8::MAX` here (the `get_mut` above succeeded).
+        // The `get_mut` above succeeded, so `len` < the storage length; a push that would take
+        // `len` past u16::MAX cannot happen either, since a chain has at most `size` <= 32768
+        // buffers (the budget refuses more before they are stored).
         self.len = self.len.saturating_add(1);
         Ok(())
     }
@@ -525,6 +538,13 @@ impl PackedBody {
     }
 }
 
+impl PartialEq for PackedBody {
+    /// Equal contents: the stored buffers and the tail (stale storage is not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.bufs() == other.bufs() && self.tail == other.tail
+    }
+}
+
 /// The packed-ring walk (§2.8.6, §2.8.7): the direct buffers copied at pop, then what follows
 /// them: nothing, an error, or one indirect table read entry by entry, in order. It borrows
 /// the chain, so it is no larger than the split walk.
@@ -533,7 +553,7 @@ struct PackedWalk<'m, M: ?Sized> {
     mem: &'m M,
     body: &'m PackedBody,
     /// Next copied buffer to yield.
-    pos: u8,
+    pos: u16,
     /// Next indirect table entry to read.
     idx: u16,
     done: bool,
@@ -565,9 +585,7 @@ impl<M: GuestMemory + ?Sized> PackedWalk<'_, M> {
         if self.done {
             return None;
         }
-        if self.pos < self.body.len
-            && let Some(d) = self.body.bufs.get(usize::from(self.pos))
-        {
+        if let Some(d) = self.body.bufs().get(usize::from(self.pos)) {
             self.pos = self.pos.saturating_add(1);
             return Some(Ok(*d));
         }

@@ -72,9 +72,9 @@ pub enum Completion {
 
 /// What the drain loop needs from a ring format; implemented by the split and packed queues so
 /// both run the one loop in [`drain_loop`].
-pub(crate) trait DrainRing<M: crate::GuestMemory + ?Sized> {
-    /// Where a popped chain is kept while the device handles it.
-    type Chain;
+///
+/// `C` is where a popped chain is kept while the device handles it.
+pub(crate) trait DrainRing<M: crate::GuestMemory + ?Sized, C> {
     /// Ask for no kicks.
     fn kicks_off(&mut self, mem: &M) -> Result<(), crate::QueueError>;
     /// Ask for kicks again and re-check the ring; `true` if work raced in.
@@ -82,10 +82,9 @@ pub(crate) trait DrainRing<M: crate::GuestMemory + ?Sized> {
     /// Whether chains are available.
     fn pending(&mut self, mem: &M) -> Result<bool, crate::QueueError>;
     /// Pop the next chain into `chain`; `false` if the ring is empty.
-    fn pop(&mut self, mem: &M, chain: &mut Self::Chain) -> Result<bool, crate::QueueError>;
+    fn pop(&mut self, mem: &M, chain: &mut C) -> Result<bool, crate::QueueError>;
     /// Add (without publishing) the used element for `chain`.
-    fn complete(&mut self, mem: &M, chain: &Self::Chain, len: u32)
-    -> Result<(), crate::QueueError>;
+    fn complete(&mut self, mem: &M, chain: &C, len: u32) -> Result<(), crate::QueueError>;
     /// Stop the queue because of a malformed chain.
     fn stop(&mut self, e: crate::ChainError);
     /// Publish added used elements; how many.
@@ -98,17 +97,17 @@ pub(crate) trait DrainRing<M: crate::GuestMemory + ?Sized> {
 /// chains, one publication, one interrupt decision; when the ring runs dry, kicks back on and
 /// a re-check so work that raced in is not slept on (SPLIT-62, PACKED-49); when the budget runs
 /// out first, kicks stay off and the report says `more` (H17).
-pub(crate) fn drain_loop<M, R, F>(
+pub(crate) fn drain_loop<M, C, R, F>(
     ring: &mut R,
     mem: &M,
     budget: usize,
-    chain: &mut R::Chain,
+    chain: &mut C,
     mut handle: F,
 ) -> Result<DrainReport, crate::QueueError>
 where
     M: crate::GuestMemory + ?Sized,
-    R: DrainRing<M>,
-    F: FnMut(&R::Chain) -> Completion,
+    R: DrainRing<M, C>,
+    F: FnMut(&C) -> Completion,
 {
     let mut report = DrainReport::default();
     ring.kicks_off(mem)?;

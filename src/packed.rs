@@ -15,9 +15,10 @@
 //! forwarding on x86: 69 against 51 ns per one-descriptor chain, measured.) Every
 //! check applies to these copies: availability, chain extent, buffer ID (from the *last*
 //! descriptor, §2.8.6), buffer ranges, direction order and total length. The validated direct
-//! buffers are copied into the returned [`PackedChain`] (at most [`PACKED_MAX_DIRECT`]),
-//! because a used descriptor of another chain may overwrite their slots before the device walks
-//! this one (out-of-order completion, §2.8.6). Walking the chain reads nothing from the ring;
+//! buffers are copied into the returned [`PackedChain<N>`] (at most `N` of them, a cap the
+//! device chooses, default [`PACKED_DEFAULT_DIRECT`]), because a used descriptor of another
+//! chain may overwrite their slots before the device walks this one (out-of-order completion,
+//! §2.8.6). Walking the chain reads nothing from the ring;
 //! a chain made of one indirect descriptor reads its table, one 16-byte entry per table entry,
 //! once per walk (the table is not in the ring). An empty ring costs one 16-bit load. Under
 //! EVENT_IDX with notifications enabled, each pop also stores the device event structure's
@@ -75,31 +76,26 @@ use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 
-/// Most non-empty *direct* buffers one packed chain may have (a device cap, PACKED-25,
-/// §2.8.5).
+/// The default number of non-empty *direct* buffers a [`PackedChain`] holds (the `N` of
+/// `PackedChain<N>` when it is not named): a device cap on chain length (PACKED-25, §2.8.5)
+/// that the device chooses per queue.
 ///
 /// A packed chain's direct descriptors sit in ring slots that the device's own used descriptors
 /// overwrite as soon as another chain completes out of order (§2.8.6), so
-/// [`PackedQueue::pop_avail`] copies them into the [`PackedChain`] when it pops it, into fixed
-/// storage. A longer direct chain yields these buffers and then
+/// [`PackedQueue::pop_avail_into`] copies them into the chain when it pops it. A chain with
+/// more direct buffers than its storage holds yields the first `N` and then
 /// [`ChainError::TooManySegments`] (it is still consumed as a whole and can be completed).
-/// Indirect tables are not affected (up to the queue size entries): a device on the packed ring
-/// should offer `VIRTIO_F_INDIRECT_DESC` (Linux then sends one direct or one indirect
-/// descriptor per chain) or advertise a segment limit below this value (virtio-blk `seg_max`).
-pub const PACKED_MAX_DIRECT: usize = 16;
-
-/// A chain popped from a packed ring (§2.8.6): its Buffer ID, the validated direct buffers
-/// copied out of the ring, and, for an indirect chain, its validated table.
 ///
-/// The packed counterpart of [`DescriptorChain`](crate::DescriptorChain), with the same
-/// methods. A `Copy` value that borrows neither the queue nor the memory: a device can keep it
-/// (posted receive buffers) and walk it later, since nothing in the ring is read again. It is
-/// a few hundred bytes (it carries up to [`PACKED_MAX_DIRECT`] buffers): on hot paths pop into
-/// reused storage with [`PackedQueue::pop_avail_into`] and pass it by reference (measured on
-/// one-descriptor chains, ring 256: 35 ns per chain against 88 ns when popped by value).
+/// Choose `N` from what the device advertises and what the driver may send without
+/// `VIRTIO_F_INDIRECT_DESC` (indirect tables are read at walk time and are not capped by `N`):
+/// Linux virtio-net transmits up to `MAX_SKB_FRAGS + 2` (19 by default) descriptors per packet,
+/// virtio-blk up to `seg_max + 2`. `N` may be as large as the queue size (32768), in which case
+/// no chain the ring can hold is refused; each buffer costs 16 bytes of chain storage.
+pub const PACKED_DEFAULT_DIRECT: usize = 16;
+
+/// Where a popped packed chain lives in the ring, and who may complete it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct PackedChain {
+struct ChainHead {
     /// Buffer ID from the chain's last descriptor.
     id: u16,
     /// Ring slot of the chain's first descriptor.
@@ -114,20 +110,10 @@ pub struct PackedChain {
     ring: GuestAddress,
     /// Queue size: the buffer limit of an indirect table walk.
     size: u16,
-    /// The copied, validated buffers and what follows them.
-    body: PackedBody,
 }
 
-impl Default for PackedChain {
-    fn default() -> Self {
-        Self::EMPTY
-    }
-}
-
-impl PackedChain {
-    /// An empty chain: storage for [`PackedQueue::pop_avail_into`]. It cannot be completed
-    /// and walks as empty.
-    pub const EMPTY: Self = Self {
+impl ChainHead {
+    const EMPTY: Self = Self {
         id: 0,
         slot: 0,
         wrap: false,
@@ -135,8 +121,88 @@ impl PackedChain {
         generation: 0,
         ring: GuestAddress(0),
         size: 0,
+    };
+}
+
+/// A chain popped from a packed ring (§2.8.6): its Buffer ID, the validated direct buffers
+/// copied out of the ring (room for `N`, default [`PACKED_DEFAULT_DIRECT`]), and, for an
+/// indirect chain, its validated table.
+///
+/// The packed counterpart of [`DescriptorChain`](crate::DescriptorChain), with the same
+/// methods. A `Copy` value that borrows neither the queue nor the memory: a device can keep it
+/// (posted receive buffers) and walk it later, since nothing in the ring is read again. It is
+/// `16 * N` bytes and a little more: on hot paths pop into reused storage with
+/// [`PackedQueue::pop_avail_into`] and pass it by reference (measured on one-descriptor
+/// chains, ring 256, `N` = 16: 35 ns per chain against 88 ns when popped by value).
+///
+/// ```
+/// # use virtq::PackedChain;
+/// // Room for a 19-descriptor virtio-net transmit chain sent without INDIRECT_DESC.
+/// let mut tx = PackedChain::<19>::EMPTY;
+/// assert_eq!(tx.capacity(), 19);
+/// // The default holds 16.
+/// let rx = PackedChain::new();
+/// assert_eq!(rx.capacity(), virtq::packed::PACKED_DEFAULT_DIRECT);
+/// # let _ = &mut tx;
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct PackedChain<const N: usize = PACKED_DEFAULT_DIRECT> {
+    head: ChainHead,
+    /// The copied, validated buffers and what follows them.
+    body: PackedBody<[Descriptor; N]>,
+}
+
+impl<const N: usize> PartialEq for PackedChain<N> {
+    /// The same chain: same ring position, Buffer ID and queue incarnation, and the same
+    /// buffers (storage past the chain's buffers is not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.head == other.head && self.body() == other.body()
+    }
+}
+
+impl<const N: usize> Eq for PackedChain<N> {}
+
+#[cfg(feature = "defmt")]
+impl<const N: usize> defmt::Format for PackedChain<N> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "PackedChain {{ id: {}, slot: {}, descriptors: {}, buffers: {} }}",
+            self.head.id,
+            self.head.slot,
+            self.head.count,
+            self.body().bufs().len()
+        );
+    }
+}
+
+impl PackedChain {
+    /// An empty chain with the default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers); for
+    /// another `N`, use `PackedChain::<N>::EMPTY`.
+    pub const fn new() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl<const N: usize> Default for PackedChain<N> {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl<const N: usize> PackedChain<N> {
+    /// An empty chain: storage for [`PackedQueue::pop_avail_into`]. It cannot be completed
+    /// and walks as empty.
+    pub const EMPTY: Self = Self {
+        head: ChainHead::EMPTY,
         body: PackedBody::EMPTY,
     };
+
+    /// How many direct buffers this chain type holds (`N`).
+    #[inline]
+    pub const fn capacity(&self) -> usize {
+        N
+    }
 
     /// The Buffer ID to complete the chain with: the `id` of its *last* descriptor (§2.8.6),
     /// whatever value the driver chose (echoed unchanged, never used as an index, H15e). Named
@@ -145,14 +211,14 @@ impl PackedChain {
     #[doc(alias = "buffer_id")]
     #[inline]
     pub const fn head_index(&self) -> u16 {
-        self.id
+        self.head.id
     }
 
     /// Number of ring descriptors the chain occupied (1 for an indirect chain): how far the used
     /// cursor skips when it completes (PACKED-26).
     #[inline]
     pub const fn descriptor_count(&self) -> u16 {
-        self.count
+        self.head.count
     }
 
     /// Walk the chain's validated, non-empty buffers in order, as
@@ -163,17 +229,29 @@ impl PackedChain {
     /// now, one 16-byte entry per table entry, in order. The iterator borrows the chain.
     #[inline]
     pub fn iter<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> DescriptorIter<'a, M> {
-        DescriptorIter::packed(mem, &self.body, self.size)
+        DescriptorIter::packed(mem, self.body(), self.head.size)
     }
 
     /// Walk and validate the whole chain into `out` (cleared first; left empty on error), as
     /// [`DescriptorChain::copy_into`](crate::DescriptorChain::copy_into).
-    pub fn copy_into<M: GuestMemory + ?Sized, const N: usize>(
+    pub fn copy_into<M: GuestMemory + ?Sized, const K: usize>(
         &self,
         mem: &M,
-        out: &mut heapless::Vec<Descriptor, N>,
+        out: &mut heapless::Vec<Descriptor, K>,
     ) -> Result<(), ChainError> {
         collect_into(self.iter(mem), out)
+    }
+
+    /// The contents, seen without their storage size.
+    #[inline]
+    fn body(&self) -> &PackedBody {
+        &self.body
+    }
+
+    /// Head and contents, for the queue to fill; neither is generic over `N`.
+    #[inline]
+    fn parts_mut(&mut self) -> (&mut ChainHead, &mut PackedBody) {
+        (&mut self.head, &mut self.body)
     }
 }
 
@@ -542,7 +620,8 @@ impl PackedQueue {
         Ok(is_available(flags, self.avail_wrap_counter))
     }
 
-    /// Take the next chain the driver made available (§2.8.21.1, device side).
+    /// Take the next chain the driver made available (§2.8.21.1, device side), into a chain
+    /// with the default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers).
     ///
     /// `Ok(None)` means the next slot is not available (including a descriptor the device
     /// itself marked used, A = U, H15d). Otherwise the whole chain is read (each slot once, see
@@ -555,8 +634,8 @@ impl PackedQueue {
     /// ring outside RAM) consume nothing. A chain with malformed contents is consumed and
     /// reports its [`ChainError`] when walked.
     ///
-    /// Returning the chain by value moves a few hundred bytes; hot paths use
-    /// [`pop_avail_into`](Self::pop_avail_into).
+    /// Returning the chain by value moves a few hundred bytes; hot paths, and devices that
+    /// take longer direct chains, use [`pop_avail_into`](Self::pop_avail_into).
     pub fn pop_avail<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -566,29 +645,36 @@ impl PackedQueue {
     }
 
     /// [`pop_avail`](Self::pop_avail) into caller storage: returns `Ok(true)` with the chain
-    /// in `chain`, `Ok(false)` if nothing is available. The hot-path form: a [`PackedChain`]
-    /// is a few hundred bytes, and this neither zeroes nor moves one. On `Ok(false)` or an
-    /// error, `chain` is left empty (it cannot be completed).
-    pub fn pop_avail_into<M: GuestMemory + ?Sized>(
+    /// in `chain`, `Ok(false)` if nothing is available. On `Ok(false)` or an error, `chain` is
+    /// left empty (it cannot be completed).
+    ///
+    /// The hot-path form (a [`PackedChain`] is `16 * N` bytes and more, and this neither zeroes
+    /// nor moves one), and the one that chooses the chain-length cap: the chain holds `N`
+    /// direct buffers; a longer direct chain is consumed whole and its walk reports
+    /// [`ChainError::TooManySegments`] after the first `N` buffers (PACKED-25).
+    pub fn pop_avail_into<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
-        chain: &mut PackedChain,
+        chain: &mut PackedChain<N>,
     ) -> Result<bool, QueueError> {
-        chain.body.clear();
-        chain.count = 0;
-        let popped = self.pop_into(mem, chain);
+        let (head, body) = chain.parts_mut();
+        body.clear();
+        head.count = 0;
+        let popped = self.pop_into(mem, head, body);
         if !matches!(popped, Ok(true)) {
             // Nothing half-built survives an error or an empty ring.
-            chain.body.clear();
-            chain.count = 0;
+            body.clear();
+            head.count = 0;
         }
         popped
     }
 
+    /// The pop itself, not generic over the chain's storage size.
     fn pop_into<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
-        chain: &mut PackedChain,
+        head: &mut ChainHead,
+        body: &mut PackedBody,
     ) -> Result<bool, QueueError> {
         self.usable()?;
         let size = self.size;
@@ -601,27 +687,27 @@ impl PackedQueue {
         // written before the driver stored this first flags word (§2.8.21.1, PACKED-19).
         fence(Ordering::Acquire);
 
-        chain.slot = start.0;
-        chain.wrap = start.1;
-        chain.size = size;
-        chain.generation = self.generation;
-        chain.ring = self.desc_ring_addr;
+        head.slot = start.0;
+        head.wrap = start.1;
+        head.size = size;
+        head.generation = self.generation;
+        head.ring = self.desc_ring_addr;
         let mut budget = ChainBudget::new(u32::from(size));
         let mut pos = start;
         let mut hops: u16 = 1;
         let id = loop {
             // The one copy of this descriptor's other 14 bytes.
-            let body = match self.read_body(mem, pos.0) {
+            let desc = match self.read_body(mem, pos.0) {
                 Ok(b) => b,
                 Err(e) => return Err(self.fail(e.into())),
             };
             let f = DescFlags::from_bits_retain(flags);
             let next = f.contains(DescFlags::NEXT);
-            if !chain.body.is_malformed() {
-                self.check_desc(mem, chain, &mut budget, &body, f, hops);
+            if !body.is_malformed() {
+                self.check_desc(mem, body, &mut budget, &desc, f, hops);
             }
             if !next {
-                break body.id.get();
+                break desc.id.get();
             }
             // Hop bound: a NEXT list of `size` descriptors cannot continue (H15c); the slot
             // it would continue into is not read.
@@ -643,8 +729,8 @@ impl PackedQueue {
         if total > u32::from(size) {
             return Err(self.fail(QueueError::TooManyInFlight));
         }
-        chain.count = hops;
-        chain.id = id;
+        head.count = hops;
+        head.id = id;
         let next = advance(start, hops, size);
         self.next_avail_idx = next.0;
         self.avail_wrap_counter = next.1;
@@ -693,12 +779,12 @@ impl PackedQueue {
         })
     }
 
-    /// Validate one copied descriptor (the `hops`-th of its chain) into `chain`.
+    /// Validate one copied descriptor (the `hops`-th of its chain) into `out`.
     #[inline]
     fn check_desc<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
-        chain: &mut PackedChain,
+        out: &mut PackedBody,
         budget: &mut ChainBudget,
         body: &DescBody,
         f: DescFlags,
@@ -708,25 +794,23 @@ impl PackedQueue {
         if f.contains(DescFlags::INDIRECT) {
             // WRITE on the indirect descriptor itself is ignored (PACKED-33).
             if !self.features.contains(Features::INDIRECT_DESC) {
-                chain.body.fail(ChainError::IndirectNotNegotiated);
+                out.fail(ChainError::IndirectNotNegotiated);
             } else if f.contains(DescFlags::NEXT) || hops > 1 {
-                chain.body.fail(ChainError::IndirectInList);
+                out.fail(ChainError::IndirectInList);
             } else {
                 let entries = len / 16;
                 if len == 0 || !len.is_multiple_of(16) || entries > u32::from(self.size) {
                     // H5b/H15f (QEMU #3984), H5c, H5d.
-                    chain.body.fail(ChainError::IndirectTableLength { len });
+                    out.fail(ChainError::IndirectTableLength { len });
                 } else {
                     let table = GuestAddress(body.addr.get());
                     match (
                         mem.check_range(table, u64::from(len)),
                         u16::try_from(entries),
                     ) {
-                        (Ok(()), Ok(n)) => {
-                            chain.body.tail = PackedTail::Indirect { table, entries: n }
-                        }
-                        (Err(e), _) => chain.body.fail(ChainError::Memory(e)),
-                        (_, Err(_)) => chain.body.fail(ChainError::IndirectTableLength { len }),
+                        (Ok(()), Ok(n)) => out.tail = PackedTail::Indirect { table, entries: n },
+                        (Err(e), _) => out.fail(ChainError::Memory(e)),
+                        (_, Err(_)) => out.fail(ChainError::IndirectTableLength { len }),
                     }
                 }
             }
@@ -734,18 +818,18 @@ impl PackedQueue {
         }
         match budget.admit(mem, body.addr.get(), len, f.contains(DescFlags::WRITE)) {
             Ok(Some(d)) => {
-                if let Err(e) = chain.body.push(d) {
-                    chain.body.fail(e);
+                if let Err(e) = out.push(d) {
+                    out.fail(e);
                 }
             }
             Ok(None) => {}
-            Err(e) => chain.body.fail(e),
+            Err(e) => out.fail(e),
         }
     }
 
     /// Check that `chain` was popped from this queue (since the last reset) and is accounted
     /// in flight.
-    fn check_owned(&self, chain: &PackedChain) -> Result<(), QueueError> {
+    fn check_owned(&self, chain: &ChainHead) -> Result<(), QueueError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -820,10 +904,20 @@ impl PackedQueue {
     /// before a reset or from another ring, or one whose descriptors are no longer accounted in
     /// flight (completing a chain twice is a device bug this catches only when the counts no
     /// longer add up).
-    pub fn add_used<M: GuestMemory + ?Sized>(
+    pub fn add_used<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
-        chain: &PackedChain,
+        chain: &PackedChain<N>,
+        bytes_written: u32,
+    ) -> Result<(), QueueError> {
+        self.add_used_head(mem, &chain.head, bytes_written)
+    }
+
+    /// [`add_used`](Self::add_used), not generic over the chain's storage size.
+    fn add_used_head<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        chain: &ChainHead,
         bytes_written: u32,
     ) -> Result<(), QueueError> {
         self.check_owned(chain)?;
@@ -843,10 +937,10 @@ impl PackedQueue {
     /// without writing anything: [`QueueError::InvalidUsedHead`] (naming the first offending
     /// chain's ID) if IN_ORDER was not negotiated, the batch is empty, or it is not the oldest
     /// chains in pop order; [`QueueError::HeadNotInFlight`] as for [`add_used`](Self::add_used).
-    pub fn add_used_in_order<M: GuestMemory + ?Sized>(
+    pub fn add_used_in_order<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
-        batch: &[PackedChain],
+        batch: &[PackedChain<N>],
         bytes_written: u32,
     ) -> Result<(), QueueError> {
         let Some(last) = batch.last() else {
@@ -855,6 +949,7 @@ impl PackedQueue {
         let mut expect = (self.next_used_idx, self.used_wrap_counter);
         let mut total: u16 = 0;
         for c in batch {
+            let c = &c.head;
             self.check_owned(c)?;
             if !self.features.contains(Features::IN_ORDER) || (c.slot, c.wrap) != expect {
                 return Err(QueueError::InvalidUsedHead { head: c.id });
@@ -904,10 +999,10 @@ impl PackedQueue {
     }
 
     /// Complete one chain: write its used descriptor, then publish it (§2.8.21.2).
-    pub fn push_used<M: GuestMemory + ?Sized>(
+    pub fn push_used<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
-        chain: &PackedChain,
+        chain: &PackedChain<N>,
         bytes_written: u32,
     ) -> Result<(), QueueError> {
         self.add_used(mem, chain, bytes_written)?;
@@ -1050,6 +1145,9 @@ impl PackedQueue {
     /// ring re-checked, so work that raced in is processed rather than slept on. When the
     /// budget runs out first, kicks stay disabled and the report says `more` (H17). On a
     /// broken queue this returns the sticky error in O(1).
+    ///
+    /// Chains are popped into default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers); use
+    /// [`drain_into`](Self::drain_into) to choose it.
     pub fn drain<M, F>(
         &mut self,
         mem: &M,
@@ -1061,12 +1159,29 @@ impl PackedQueue {
         F: FnMut(&PackedChain) -> Completion,
     {
         let mut chain = PackedChain::EMPTY;
-        drain_loop(self, mem, budget, &mut chain, handle)
+        self.drain_into(mem, budget, &mut chain, handle)
+    }
+
+    /// [`drain`](Self::drain), popping each chain into `chain` (reused storage whose `N` is the
+    /// device's cap on direct buffers per chain, see [`pop_avail_into`](Self::pop_avail_into)).
+    /// A [`Completion::Deferred`] chain must be copied out of `chain` by the handler before it
+    /// returns, since the next pop overwrites it.
+    pub fn drain_into<M, F, const N: usize>(
+        &mut self,
+        mem: &M,
+        budget: usize,
+        chain: &mut PackedChain<N>,
+        handle: F,
+    ) -> Result<DrainReport, QueueError>
+    where
+        M: GuestMemory + ?Sized,
+        F: FnMut(&PackedChain<N>) -> Completion,
+    {
+        drain_loop(self, mem, budget, chain, handle)
     }
 }
 
-impl<M: GuestMemory + ?Sized> DrainRing<M> for PackedQueue {
-    type Chain = PackedChain;
+impl<M: GuestMemory + ?Sized, const N: usize> DrainRing<M, PackedChain<N>> for PackedQueue {
     fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
         self.disable_notification(mem)
     }
@@ -1076,10 +1191,10 @@ impl<M: GuestMemory + ?Sized> DrainRing<M> for PackedQueue {
     fn pending(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.has_pending(mem)
     }
-    fn pop(&mut self, mem: &M, chain: &mut PackedChain) -> Result<bool, QueueError> {
+    fn pop(&mut self, mem: &M, chain: &mut PackedChain<N>) -> Result<bool, QueueError> {
         self.pop_avail_into(mem, chain)
     }
-    fn complete(&mut self, mem: &M, chain: &PackedChain, len: u32) -> Result<(), QueueError> {
+    fn complete(&mut self, mem: &M, chain: &PackedChain<N>, len: u32) -> Result<(), QueueError> {
         self.add_used(mem, chain, len)
     }
     fn stop(&mut self, e: ChainError) {

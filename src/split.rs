@@ -687,8 +687,7 @@ impl Queue {
     }
 }
 
-impl<M: GuestMemory + ?Sized> DrainRing<M> for Queue {
-    type Chain = DescriptorChain;
+impl<M: GuestMemory + ?Sized> DrainRing<M, DescriptorChain> for Queue {
     fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
         self.disable_notification(mem)
     }

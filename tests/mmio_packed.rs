@@ -494,6 +494,57 @@ fn net_loopback_packed_matrix() {
     }
 }
 
+/// Long direct transmit chains, as a virtio-net guest without INDIRECT_DESC sends them
+/// (Linux: header + up to `MAX_SKB_FRAGS + 1` data descriptors, 19 in all): looped back whole.
+/// A chain one buffer longer than the device's cap (`devices::PACKED_DIRECT`, PACKED-25) is
+/// consumed and completed with length 0 without stopping the queue, and the next frame works.
+#[test]
+fn net_long_direct_tx_chains_up_to_the_device_cap() {
+    let mem = ram();
+    let size = 256;
+    let dev = NetDevice::new(Features::RING_PACKED, size);
+    let (mut t, mut drivers) = packed_device::<_, 2>(&mem, dev, Features::empty(), size);
+    let (rx, tx) = drivers.split_at_mut(1);
+    let (rx, tx) = (&mut rx[0], &mut tx[0]);
+    let cap = virtq_testkit::devices::PACKED_DIRECT;
+    let mut looped = 0;
+    for n in [2usize, 19, cap, cap + 1, 19] {
+        let rxbuf = 0x33_0000;
+        let rid = (n <= cap).then(|| post_rx(rx, false, rxbuf, 4096, 1)[0]);
+        // Header, then n - 1 fragments of 7 + j bytes each.
+        let hdr = [0u8; 12];
+        mem.poke(0x31_0000, &hdr);
+        let mut bufs = vec![(0x31_0000u64, 12u32, false)];
+        let mut frame = hdr.to_vec();
+        for j in 1..n {
+            let at = 0x34_0000 + j as u64 * 0x40;
+            let frag: Vec<u8> = (0..7 + j % 20).map(|i| (i * 3 + j) as u8).collect();
+            mem.poke(at, &frag);
+            bufs.push((at, frag.len() as u32, false));
+            frame.extend(&frag);
+        }
+        let tid = tx.add_chain(&bufs).unwrap();
+        kick(&mut t, net::TX);
+        let used = tx.pop_used().expect("transmit chain completed");
+        assert_eq!((used.id, used.len), (tid, 0), "n = {n}");
+        assert_eq!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0, "n = {n}");
+        if n <= cap {
+            looped += 1;
+            let u = rx.pop_used().expect("frame looped back");
+            assert_eq!((Some(u.id), u.len as usize), (rid, frame.len()), "n = {n}");
+            assert_eq!(mem.peek(rxbuf, frame.len()), frame, "n = {n}");
+        } else {
+            assert!(rx.pop_used().is_none(), "over-cap chain not transmitted");
+            assert_eq!(
+                t.device().frames_pending(),
+                0,
+                "nothing queued for later either"
+            );
+        }
+    }
+    assert_eq!(t.device().looped, looped);
+}
+
 /// H15c through the transport: a NEXT list as long as the ring is fatal for the packed queue;
 /// the transport turns it into DEVICE_NEEDS_RESET with a configuration interrupt, once, and
 /// later notifications are ignored.

@@ -3,11 +3,11 @@
 //! completion, indirect chains, IN_ORDER batches, `set_size` / `is_valid` / `check_rings` /
 //! `reset`.
 
-use virtq::packed::{PACKED_MAX_DIRECT, PackedChain};
+use virtq::packed::{PACKED_DEFAULT_DIRECT, PackedChain};
 use virtq::{ChainError, Descriptor, Features, GuestAddress, MemoryError, PackedQueue, QueueError};
 use virtq_testkit::{AccessKind, PackedDriver, TestMemory, pflags};
 
-fn tuples(c: &PackedChain, mem: &TestMemory) -> Vec<(u64, u32, bool)> {
+fn tuples<const N: usize>(c: &PackedChain<N>, mem: &TestMemory) -> Vec<(u64, u32, bool)> {
     c.iter(mem)
         .map(|d| d.unwrap())
         .map(|d: Descriptor| (d.addr().0, d.len(), d.is_write_only()))
@@ -209,43 +209,109 @@ fn indirect_chain_round_trip() {
     assert_eq!((q.next_avail_idx, q.avail_wrap_counter), (2, true));
 }
 
-/// The longest direct chain the chain storage holds, and one more (PACKED-25 device cap).
-#[test]
-fn direct_chain_cap_both_sides() {
-    let mem = TestMemory::m0();
-    let mut drv = PackedDriver::standard(&mem, 64);
-    let mut q = drv.queue(64, Features::empty());
-    let bufs: Vec<_> = (0..PACKED_MAX_DIRECT as u64)
-        .map(|i| (0x8_0000 + i * 0x100, 8, false))
+/// A direct chain of exactly the storage's `N` buffers, and one of `N + 1` (PACKED-25: the cap
+/// is the device's choice of `N`), on a queue of `size`: the first is walked whole; the second
+/// is consumed whole, walks `N` buffers and then `TooManySegments`, and completes (the used
+/// cursor skips all `N + 1` slots). Zero-length buffers take no storage.
+fn direct_cap_both_sides<const N: usize>(size: u16) {
+    assert!(N < usize::from(size));
+    let mem = TestMemory::new(&[(0, 0x90_0000)]);
+    let mut drv = PackedDriver::standard(&mem, size);
+    let mut q = drv.queue(size, Features::empty());
+    let mut c = PackedChain::<N>::EMPTY;
+    assert_eq!(c.capacity(), N);
+    let bufs: Vec<_> = (0..N as u64)
+        .map(|i| (0x80_0000 + (i % 4096) * 0x100, 8, i + 1 == N as u64))
         .collect();
-    drv.add_chain(&bufs).unwrap();
-    let c = q.pop_avail(&mem).unwrap().unwrap();
-    assert_eq!(tuples(&c, &mem), bufs);
-    q.push_used(&mem, &c, 0).unwrap();
-    assert!(drv.pop_used().is_some());
+    let id = drv.add_chain(&bufs).unwrap();
+    assert!(q.pop_avail_into(&mem, &mut c).unwrap());
+    assert_eq!((c.head_index(), usize::from(c.descriptor_count())), (id, N));
+    assert_eq!(tuples(&c, &mem), bufs, "N = {N}");
+    q.push_used(&mem, &c, 8).unwrap();
+    assert_eq!(drv.pop_used().map(|u| u.id), Some(id));
 
     let mut more = bufs.clone();
-    more.push((0x9_0000, 8, false));
-    drv.add_chain(&more).unwrap();
-    let c = q.pop_avail(&mem).unwrap().unwrap();
+    if let Some(last) = more.last_mut() {
+        last.2 = false;
+    }
+    more.push((0x8F_0000, 8, true));
+    let id = drv.add_chain(&more).unwrap();
+    let used_before = q.next_used_idx;
+    assert!(q.pop_avail_into(&mem, &mut c).unwrap());
+    assert_eq!(usize::from(c.descriptor_count()), N + 1);
     let got: Vec<_> = c.iter(&mem).collect();
-    assert_eq!(got.len(), PACKED_MAX_DIRECT + 1);
-    assert!(got[..PACKED_MAX_DIRECT].iter().all(|d| d.is_ok()));
-    assert_eq!(got[PACKED_MAX_DIRECT], Err(ChainError::TooManySegments));
-    // Consumed as a whole: completing it skips all 17 slots.
+    assert_eq!(got.len(), N + 1);
+    assert!(got[..N].iter().all(|d| d.is_ok()));
+    assert_eq!(got[N], Err(ChainError::TooManySegments));
+    // Consumed as a whole: completing it skips all N + 1 slots.
     q.push_used(&mem, &c, 0).unwrap();
-    assert_eq!(q.next_used_idx, (PACKED_MAX_DIRECT as u16) * 2 + 1);
-    assert!(drv.pop_used().is_some());
-    // Zero-length descriptors take no storage: 16 buffers plus 20 empty ones are fine.
+    // (A skip of the whole ring lands on the same slot.)
+    let skipped = (u32::from(q.next_used_idx) + u32::from(size) - u32::from(used_before) - 1)
+        % u32::from(size)
+        + 1;
+    assert_eq!(skipped as usize, N + 1);
+    assert_eq!(drv.pop_used().map(|u| u.id), Some(id));
+    assert_eq!(q.in_flight_descriptors(), 0);
+
+    // Zero-length descriptors take no storage: N buffers plus empty ones (as many as the ring
+    // has room for, at most two: one before and one after) fit.
     let mut with_empty = bufs.clone();
-    with_empty.extend((0..20).map(|_| (0x9_0000, 0, false)));
+    with_empty.push((0x8F_0000, 0, true));
+    if N + 2 <= usize::from(size) {
+        with_empty.insert(0, (0x8F_0000, 0, false));
+    }
     drv.add_chain(&with_empty).unwrap();
-    let c = q.pop_avail(&mem).unwrap().unwrap();
+    assert!(q.pop_avail_into(&mem, &mut c).unwrap());
     assert_eq!(tuples(&c, &mem), bufs);
 }
 
-/// VIRTIO_F_IN_ORDER (§2.8.8, PACKED-40): one used descriptor with the last Buffer ID; the
-/// cursor skips the whole batch. Batches out of order, or without the feature, are refused.
+#[test]
+fn direct_chain_cap_is_the_storage_size_both_sides() {
+    // The default storage.
+    assert_eq!(PackedChain::new().capacity(), PACKED_DEFAULT_DIRECT);
+    direct_cap_both_sides::<PACKED_DEFAULT_DIRECT>(64);
+    direct_cap_both_sides::<1>(4);
+    direct_cap_both_sides::<2>(3);
+    // A Linux virtio-net TX chain without INDIRECT_DESC: MAX_SKB_FRAGS + 2 = 19.
+    direct_cap_both_sides::<19>(256);
+    direct_cap_both_sides::<254>(255);
+}
+
+/// With `N` equal to the queue size the device refuses no direct chain the ring can hold: a
+/// whole-ring chain of 32768 descriptors is popped and walked whole, over two laps.
+#[test]
+fn storage_of_queue_size_takes_whole_ring_chains_up_to_32768() {
+    fn whole_ring<const N: usize>() {
+        let size = u16::try_from(N).unwrap();
+        let mem = TestMemory::new(&[(0, 0x90_0000)]);
+        let mut drv = PackedDriver::standard(&mem, size);
+        let mut q = drv.queue(size, Features::empty());
+        let mut c = Box::new(PackedChain::<N>::EMPTY);
+        for round in 0..2u64 {
+            let bufs: Vec<_> = (0..N as u64)
+                .map(|i| (0x80_0000 + (i % 4096) * 0x10 + round, 4, i + 1 == N as u64))
+                .collect();
+            let id = drv.add_chain(&bufs).unwrap();
+            assert!(q.pop_avail_into(&mem, &mut c).unwrap());
+            assert_eq!((c.head_index(), usize::from(c.descriptor_count())), (id, N));
+            assert_eq!(tuples(&c, &mem), bufs);
+            assert_eq!((q.next_avail_idx, q.avail_wrap_counter), (0, round == 1));
+            q.push_used(&mem, &c, 4).unwrap();
+            assert_eq!(drv.pop_used().map(|u| (u.id, u.len)), Some((id, 4)));
+        }
+    }
+    // The chain storage is 512 KiB: give the thread room for it.
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(|| {
+            whole_ring::<256>();
+            whole_ring::<32768>();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 #[test]
 fn in_order_batch_writes_one_used_descriptor() {
     let mem = TestMemory::m0();
@@ -268,7 +334,7 @@ fn in_order_batch_writes_one_used_descriptor() {
     );
     let rev: Vec<_> = chains.iter().rev().copied().collect();
     assert!(q.add_used_in_order(&mem, &rev, 8).is_err());
-    assert!(q.add_used_in_order(&mem, &[], 8).is_err());
+    assert!(q.add_used_in_order::<_, 16>(&mem, &[], 8).is_err());
     assert!(mem.take_log().is_empty());
 
     q.add_used_in_order(&mem, &chains, 8).unwrap();
@@ -426,7 +492,7 @@ fn pop_avail_into_reuses_storage() {
     let mem = TestMemory::m0();
     let mut drv = PackedDriver::standard(&mem, 8);
     let mut q = drv.queue(8, Features::empty());
-    let mut c = PackedChain::default();
+    let mut c = PackedChain::new();
     assert_eq!(q.pop_avail_into(&mem, &mut c), Ok(false));
     let long = [
         (0x8_0000, 8, false),

@@ -351,7 +351,7 @@ fn packed_calls<M: GuestMemory + ?Sized>(mem: &M) {
             break;
         }
     }
-    let mut reused = PackedChain::default();
+    let mut reused = PackedChain::new();
     if let Ok(true) = q.pop_avail_into(mem, &mut reused) {
         packed_chain(mem, &reused);
         sink(q.push_used(mem, &reused, any_u32(0)));

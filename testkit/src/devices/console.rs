@@ -29,7 +29,7 @@ pub struct ConsoleDevice {
     /// Receive buffers the driver posted that are still empty (kept across notifications).
     posted: VecDeque<DescriptorChain>,
     /// The same, when the rings are packed.
-    posted_packed: VecDeque<PackedChain>,
+    posted_packed: VecDeque<PackedChain<{ super::PACKED_DIRECT }>>,
     scratch: Vec<Descriptor>,
     /// Every byte the driver transmitted, in order.
     pub transmitted: Vec<u8>,

@@ -46,6 +46,12 @@ pub fn collect<M: GuestMemory + ?Sized, C: RingChain>(
     Ok(())
 }
 
+/// Direct buffers a packed chain may have on the example devices' queues (the `N` of
+/// [`PackedChain<N>`], a device cap, PACKED-25): room for Linux virtio-net's 19-descriptor
+/// transmit chains (`MAX_SKB_FRAGS + 2`) and virtio-blk requests of up to 62 data segments,
+/// without `VIRTIO_F_INDIRECT_DESC`. A longer direct chain is completed with length 0.
+pub const PACKED_DIRECT: usize = 64;
+
 /// Chains one `queue_notify` call processes before it lets the transport look at interrupts
 /// (the work budget of H17); the handler loops while the queue reports more.
 pub const BUDGET: usize = 256;
@@ -62,7 +68,7 @@ impl RingChain for DescriptorChain {
     }
 }
 
-impl RingChain for PackedChain {
+impl<const N: usize> RingChain for PackedChain<N> {
     fn walk<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> DescriptorIter<'a, M> {
         self.iter(mem)
     }
@@ -128,7 +134,7 @@ impl Ring for Queue {
 }
 
 impl Ring for PackedQueue {
-    type Chain = PackedChain;
+    type Chain = PackedChain<PACKED_DIRECT>;
 
     fn drain_with<M, F>(
         &mut self,
@@ -140,7 +146,8 @@ impl Ring for PackedQueue {
         M: GuestMemory + ?Sized,
         F: FnMut(&Self::Chain) -> Completion,
     {
-        self.drain(mem, budget, handle)
+        let mut chain = PackedChain::<PACKED_DIRECT>::EMPTY;
+        self.drain_into(mem, budget, &mut chain, handle)
     }
 
     fn complete<M: GuestMemory + ?Sized>(

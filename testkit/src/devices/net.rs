@@ -31,7 +31,7 @@ pub struct NetDevice {
     frames: VecDeque<Vec<u8>>,
     posted: VecDeque<DescriptorChain>,
     /// The same, when the rings are packed.
-    posted_packed: VecDeque<PackedChain>,
+    posted_packed: VecDeque<PackedChain<{ super::PACKED_DIRECT }>>,
     scratch: Vec<Descriptor>,
     /// Frames delivered back to the driver.
     pub looped: u64,
@@ -52,6 +52,11 @@ impl NetDevice {
             looped: 0,
             dropped: 0,
         }
+    }
+
+    /// Frames transmitted and not yet looped back (waiting for a receive buffer).
+    pub fn frames_pending(&self) -> usize {
+        self.frames.len()
     }
 
     fn take_tx<R: Ring, M: GuestMemory + ?Sized>(&mut self, q: &mut R, mem: &M) -> bool {
