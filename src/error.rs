@@ -111,3 +111,38 @@ impl From<MemoryError> for QueueError {
         Self::Memory(e)
     }
 }
+
+/// A queue's sticky fatal error, shared by the split and packed queues: set once by the first
+/// fatal error, returned by every later operation in O(1), cleared only by a reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sticky(Option<QueueError>);
+
+impl Sticky {
+    /// No error.
+    pub(crate) const CLEAR: Self = Self(None);
+
+    /// The recorded error, if any.
+    #[inline]
+    pub(crate) const fn get(self) -> Option<QueueError> {
+        self.0
+    }
+
+    /// `Err` with the recorded error, if any.
+    #[inline]
+    pub(crate) const fn check(self) -> Result<(), QueueError> {
+        match self.0 {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Record `e` unless an error is already recorded (the first one sticks); returns `e`.
+    #[cold]
+    pub(crate) fn set(&mut self, e: QueueError) -> QueueError {
+        if self.0.is_none() {
+            warn!("virtq: queue stopped: {}", e);
+            self.0 = Some(e);
+        }
+        e
+    }
+}

@@ -71,7 +71,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::chain::{
     ChainBudget, ChainError, Descriptor, DescriptorIter, PackedBody, PackedTail, collect_into,
 };
-use crate::error::QueueError;
+use crate::error::{QueueError, Sticky};
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
@@ -415,7 +415,7 @@ pub struct PackedQueue {
     /// [`reset`](Self::reset).
     pub features: Features,
     /// The fatal error that stopped the queue, if any (sticky until reset).
-    error: Option<QueueError>,
+    error: Sticky,
     /// Incarnation of the queue, bumped by every reset; stamped into popped chains.
     generation: u32,
     /// Ring descriptors popped and not yet completed (≤ `size`).
@@ -463,7 +463,7 @@ impl PackedQueue {
             next_used_idx: 0,
             used_wrap_counter: true,
             features: Features::empty(),
-            error: None,
+            error: Sticky::CLEAR,
             generation: 0,
             in_flight_descs: 0,
             in_flight_chains: 0,
@@ -545,18 +545,18 @@ impl PackedQueue {
 
     /// The fatal error that stopped this queue, if any.
     pub const fn error(&self) -> Option<QueueError> {
-        self.error
+        self.error.get()
     }
 
     /// Whether a fatal error stopped this queue.
     pub const fn is_broken(&self) -> bool {
-        self.error.is_some()
+        self.error.get().is_some()
     }
 
     /// Stop the queue because of a malformed chain the device will not complete (escalation
     /// (b)); later calls return `QueueError::Chain(e)` until reset.
     pub fn mark_broken(&mut self, e: ChainError) {
-        self.fail(QueueError::Chain(e));
+        self.error.set(QueueError::Chain(e));
     }
 
     /// Number of chains popped and not yet completed.
@@ -569,23 +569,14 @@ impl PackedQueue {
         self.in_flight_descs
     }
 
-    /// Record a fatal error and return it.
-    #[cold]
-    fn fail(&mut self, e: QueueError) -> QueueError {
-        if self.error.is_none() {
-            warn!("virtq: packed queue stopped: {}", e);
-            self.error = Some(e);
-        }
-        e
-    }
-
     /// Common entry check: O(1) for a broken or unconfigured queue.
     #[inline]
     fn usable(&self) -> Result<(), QueueError> {
-        match self.error {
-            Some(e) => Err(e),
-            None if !self.is_valid() => Err(QueueError::NotReady),
-            None => Ok(()),
+        self.error.check()?;
+        if self.is_valid() {
+            Ok(())
+        } else {
+            Err(QueueError::NotReady)
         }
     }
 
@@ -609,7 +600,7 @@ impl PackedQueue {
         slot: u16,
     ) -> Result<u16, QueueError> {
         let addr = self.desc_addr(slot, layout::FLAGS_OFFSET)?;
-        mem.load_u16(addr).map_err(|e| self.fail(e.into()))
+        mem.load_u16(addr).map_err(|e| self.error.set(e.into()))
     }
 
     /// Whether the driver has made a chain available that `pop_avail` has not taken yet (one
@@ -699,7 +690,7 @@ impl PackedQueue {
             // The one copy of this descriptor's other 14 bytes.
             let desc = match self.read_body(mem, pos.0) {
                 Ok(b) => b,
-                Err(e) => return Err(self.fail(e.into())),
+                Err(e) => return Err(self.error.set(e.into())),
             };
             let f = DescFlags::from_bits_retain(flags);
             let next = f.contains(DescFlags::NEXT);
@@ -712,13 +703,15 @@ impl PackedQueue {
             // Hop bound: a NEXT list of `size` descriptors cannot continue (H15c); the slot
             // it would continue into is not read.
             if hops >= size {
-                return Err(self.fail(QueueError::Chain(ChainError::TooLong)));
+                return Err(self.error.set(QueueError::Chain(ChainError::TooLong)));
             }
             pos = advance(pos, 1, size);
             flags = self.load_flags(mem, pos.0)?;
             if !is_available(flags, pos.1) {
                 // Never a truncated chain (H15b, PACKED-38).
-                return Err(self.fail(QueueError::Chain(ChainError::Incomplete { slot: pos.0 })));
+                return Err(self
+                    .error
+                    .set(QueueError::Chain(ChainError::Incomplete { slot: pos.0 })));
             }
             hops = hops.saturating_add(1);
         };
@@ -727,7 +720,7 @@ impl PackedQueue {
         // let used descriptors land on slots the device has not read yet.
         let total = u32::from(self.in_flight_descs).saturating_add(u32::from(hops));
         if total > u32::from(size) {
-            return Err(self.fail(QueueError::TooManyInFlight));
+            return Err(self.error.set(QueueError::TooManyInFlight));
         }
         head.count = hops;
         head.id = id;
@@ -830,9 +823,7 @@ impl PackedQueue {
     /// Check that `chain` was popped from this queue (since the last reset) and is accounted
     /// in flight.
     fn check_owned(&self, chain: &ChainHead) -> Result<(), QueueError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
+        self.error.check()?;
         if !self.is_valid() {
             return Err(QueueError::NotReady);
         }
@@ -863,7 +854,7 @@ impl PackedQueue {
         };
         let at = self.desc_addr(slot, layout::LEN_OFFSET)?;
         if let Err(e) = mem.write_obj(at, &body) {
-            return Err(self.fail(e.into()));
+            return Err(self.error.set(e.into()));
         }
         // AVAIL = USED = the device wrap counter (PACKED-11); WRITE iff data was written
         // (PACKED-28); NEXT and INDIRECT are 0 (PACKED-29).
@@ -882,7 +873,7 @@ impl PackedQueue {
             // first one's flags, which `publish_used` stores after a release fence.
             let at = self.desc_addr(slot, layout::FLAGS_OFFSET)?;
             if let Err(e) = mem.store_u16(at, flags.bits()) {
-                return Err(self.fail(e.into()));
+                return Err(self.error.set(e.into()));
             }
         }
         let next = advance((slot, self.used_wrap_counter), count, self.size);
@@ -985,7 +976,7 @@ impl PackedQueue {
         // data the device wrote become visible before this flags word publishes them.
         fence(Ordering::Release);
         if let Err(e) = mem.store_u16(at, flags) {
-            return Err(self.fail(e.into()));
+            return Err(self.error.set(e.into()));
         }
         self.held = None;
         let count = self.unpublished;
@@ -1036,7 +1027,9 @@ impl PackedQueue {
         let flags_at = base
             .checked_add(layout::EVENT_FLAGS_OFFSET)
             .ok_or(QueueError::NotReady)?;
-        let flags = mem.load_u16(flags_at).map_err(|e| self.fail(e.into()))?;
+        let flags = mem
+            .load_u16(flags_at)
+            .map_err(|e| self.error.set(e.into()))?;
         let notify = match RingEventFlags::from_bits(flags) {
             RingEventFlags::Disable => false,
             RingEventFlags::Desc if self.features.contains(Features::EVENT_IDX) => {
@@ -1045,7 +1038,7 @@ impl PackedQueue {
                 let at = base
                     .checked_add(layout::EVENT_OFF_WRAP_OFFSET)
                     .ok_or(QueueError::NotReady)?;
-                let off_wrap = mem.load_u16(at).map_err(|e| self.fail(e.into()))?;
+                let off_wrap = mem.load_u16(at).map_err(|e| self.error.set(e.into()))?;
                 match old {
                     Some(old) => desc_event_fires(off_wrap, old, moved, self.size),
                     None => true,
@@ -1077,7 +1070,7 @@ impl PackedQueue {
             let at = base
                 .checked_add(layout::EVENT_OFF_WRAP_OFFSET)
                 .ok_or(QueueError::NotReady)?;
-            mem.store_u16(at, v).map_err(|e| self.fail(e.into()))?;
+            mem.store_u16(at, v).map_err(|e| self.error.set(e.into()))?;
             // Release: `off_wrap` is visible before the flags that select it.
             fence(Ordering::Release);
         }
@@ -1089,7 +1082,7 @@ impl PackedQueue {
             .ok_or(QueueError::NotReady)?;
         // Reserved bits are written as 0 (PACKED-47).
         mem.store_u16(at, flags.bits())
-            .map_err(|e| self.fail(e.into()))?;
+            .map_err(|e| self.error.set(e.into()))?;
         self.device_event_flags = Some(flags);
         Ok(())
     }

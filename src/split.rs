@@ -26,7 +26,7 @@ use core::fmt;
 use core::sync::atomic::{Ordering, fence};
 
 use crate::chain::{ChainError, DescriptorChain};
-use crate::error::QueueError;
+use crate::error::{QueueError, Sticky};
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{
@@ -135,7 +135,7 @@ pub struct Queue {
     /// [`reset`](Self::reset).
     pub features: Features,
     /// The fatal error that stopped the queue, if any (sticky until reset).
-    error: Option<QueueError>,
+    error: Sticky,
     /// The configuration [`is_valid`](Self::is_valid) last accepted. The hot path compares
     /// the public fields against it instead of re-validating every call; any change to them
     /// triggers a full re-validation.
@@ -168,7 +168,7 @@ impl fmt::Debug for Queue {
             .field("next_avail_idx", &self.next_avail_idx)
             .field("next_used_idx", &self.next_used_idx)
             .field("features", &self.features)
-            .field("error", &self.error)
+            .field("error", &self.error.get())
             .field("in_flight", &self.in_flight.count)
             .finish()
     }
@@ -221,7 +221,7 @@ impl Queue {
             next_avail_idx: 0,
             next_used_idx: 0,
             features: Features::empty(),
-            error: None,
+            error: Sticky::CLEAR,
             validated: None,
             shadow_avail_idx: 0,
             shadow_base: 0,
@@ -295,18 +295,18 @@ impl Queue {
 
     /// The fatal error that stopped this queue, if any.
     pub const fn error(&self) -> Option<QueueError> {
-        self.error
+        self.error.get()
     }
 
     /// Whether a fatal error stopped this queue.
     pub const fn is_broken(&self) -> bool {
-        self.error.is_some()
+        self.error.get().is_some()
     }
 
     /// Stop the queue because of a malformed chain the device will not complete (escalation
     /// (b)); later calls return `QueueError::Chain(e)` until reset.
     pub fn mark_broken(&mut self, e: ChainError) {
-        self.fail(QueueError::Chain(e));
+        self.error.set(QueueError::Chain(e));
     }
 
     /// Number of chains popped and not yet completed.
@@ -314,23 +314,11 @@ impl Queue {
         self.in_flight.count
     }
 
-    /// Record a fatal error and return it.
-    #[cold]
-    fn fail(&mut self, e: QueueError) -> QueueError {
-        if self.error.is_none() {
-            warn!("virtq: queue stopped: {}", e);
-            self.error = Some(e);
-        }
-        e
-    }
-
     /// Common entry check: O(1) for a broken or unconfigured queue, and a handful of
     /// compares for a configured one.
     #[inline]
     fn usable(&mut self) -> Result<(), QueueError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
+        self.error.check()?;
         let cfg = Config {
             size: self.size,
             max_size: self.max_size,
@@ -385,14 +373,14 @@ impl Queue {
         }
         let idx = match mem.load_u16(self.avail_addr(layout::IDX_OFFSET)?) {
             Ok(v) => v,
-            Err(e) => return Err(self.fail(e.into())),
+            Err(e) => return Err(self.error.set(e.into())),
         };
         // Acquire: the ring entries and descriptors published before `avail.idx` are read only
         // after it (pairs with the driver's write barrier before updating `avail.idx`).
         fence(Ordering::Acquire);
         let pending = idx.wrapping_sub(self.next_avail_idx);
         if pending > self.size {
-            return Err(self.fail(QueueError::AvailIdxOverrun {
+            return Err(self.error.set(QueueError::AvailIdxOverrun {
                 avail_idx: idx,
                 next_avail: self.next_avail_idx,
             }));
@@ -425,20 +413,20 @@ impl Queue {
             return Ok(None);
         }
         if self.in_flight.count >= self.size {
-            return Err(self.fail(QueueError::TooManyInFlight));
+            return Err(self.error.set(QueueError::TooManyInFlight));
         }
         // `size` is a non-zero power of two (`usable` checked), so masking is the modulo.
         let slot = self.next_avail_idx & self.size.wrapping_sub(1);
         let entry = self.avail_addr(ring_offset(slot, 2))?;
         let head = match mem.load_u16(entry) {
             Ok(h) => h,
-            Err(e) => return Err(self.fail(e.into())),
+            Err(e) => return Err(self.error.set(e.into())),
         };
         if head >= self.size {
-            return Err(self.fail(QueueError::HeadOutOfRange { head }));
+            return Err(self.error.set(QueueError::HeadOutOfRange { head }));
         }
         if self.in_flight.contains(head) {
-            return Err(self.fail(QueueError::DuplicateHead { head }));
+            return Err(self.error.set(QueueError::DuplicateHead { head }));
         }
         let next = self.next_avail_idx.wrapping_add(1);
         if self.kicks_enabled && self.features.contains(Features::EVENT_IDX) {
@@ -484,7 +472,7 @@ impl Queue {
             len: bytes_written.into(),
         };
         if let Err(e) = mem.write_obj(addr, &elem) {
-            return Err(self.fail(e.into()));
+            return Err(self.error.set(e.into()));
         }
         self.in_flight.remove(head_index);
         self.next_used_idx = self.next_used_idx.wrapping_add(1);
@@ -504,7 +492,7 @@ impl Queue {
         // before the new `used.idx` (§2.7.8.2).
         fence(Ordering::Release);
         if let Err(e) = mem.store_u16(self.used_addr(layout::IDX_OFFSET)?, self.next_used_idx) {
-            return Err(self.fail(e.into()));
+            return Err(self.error.set(e.into()));
         }
         self.published_used_idx = self.next_used_idx;
         self.unsignalled = self.unsignalled.saturating_add(u32::from(count));
@@ -559,7 +547,8 @@ impl Queue {
         value: u16,
     ) -> Result<(), QueueError> {
         let at = self.used_addr(layout::avail_event_offset(self.size))?;
-        mem.store_u16(at, value).map_err(|e| self.fail(e.into()))
+        mem.store_u16(at, value)
+            .map_err(|e| self.error.set(e.into()))
     }
 
     fn store_used_flags<M: GuestMemory + ?Sized>(
@@ -568,7 +557,7 @@ impl Queue {
         flags: UsedFlags,
     ) -> Result<(), QueueError> {
         mem.store_u16(self.used_ring_addr, flags.bits())
-            .map_err(|e| self.fail(e.into()))
+            .map_err(|e| self.error.set(e.into()))
     }
 
     /// Must the driver be sent a used-buffer notification now (§2.7.7.2)?
@@ -598,14 +587,14 @@ impl Queue {
         fence(Ordering::SeqCst);
         if self.features.contains(Features::EVENT_IDX) {
             let at = self.avail_addr(layout::used_event_offset(self.size))?;
-            let event = mem.load_u16(at).map_err(|e| self.fail(e.into()))?;
+            let event = mem.load_u16(at).map_err(|e| self.error.set(e.into()))?;
             // More than 2^16 - 1 entries since the last answer: the window test cannot tell,
             // so notify.
             Ok(unsignalled > u32::from(u16::MAX) || need_event(event, new, old))
         } else {
             let flags = mem
                 .load_u16(self.avail_ring_addr)
-                .map_err(|e| self.fail(e.into()))?;
+                .map_err(|e| self.error.set(e.into()))?;
             // Only bit 0 has a meaning (SPLIT-52); any other bits are ignored.
             Ok(!AvailFlags::from_bits_retain(flags).contains(AvailFlags::NO_INTERRUPT))
         }
