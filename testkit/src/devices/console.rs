@@ -3,12 +3,11 @@
 
 use std::collections::VecDeque;
 
-use virtq::io::split_descriptors;
+use virtq::io::Writer;
 use virtq::transport::{VirtioDevice, config_read};
-use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, PackedChain};
-use virtq::{PackedQueue, Queue};
+use virtq::{Descriptor, Features, GuestMemory, PackedQueue, Queue};
 
-use super::{Ring, drain_all};
+use super::{Loopback, Posted, serve_loopback};
 
 /// Device type 3 (§5.3.1).
 pub const DEVICE_ID: u32 = 3;
@@ -27,9 +26,7 @@ pub struct ConsoleDevice {
     /// Bytes received from the driver and not yet echoed back.
     pending: VecDeque<u8>,
     /// Receive buffers the driver posted that are still empty (kept across notifications).
-    posted: VecDeque<DescriptorChain>,
-    /// The same, when the rings are packed.
-    posted_packed: VecDeque<PackedChain<{ super::PACKED_DIRECT }>>,
+    posted: Posted,
     scratch: Vec<Descriptor>,
     /// Every byte the driver transmitted, in order.
     pub transmitted: Vec<u8>,
@@ -42,66 +39,35 @@ impl ConsoleDevice {
             features: F_SIZE | extra.bits(),
             queue_size,
             pending: VecDeque::new(),
-            posted: VecDeque::new(),
-            posted_packed: VecDeque::new(),
+            posted: Posted::default(),
             scratch: Vec::new(),
             transmitted: Vec::new(),
         }
     }
+}
 
-    /// Take what the driver transmitted.
-    fn take_tx<R: Ring, M: GuestMemory + ?Sized>(&mut self, q: &mut R, mem: &M) -> bool {
-        let (pending, transmitted, scratch) =
-            (&mut self.pending, &mut self.transmitted, &mut self.scratch);
-        drain_all(q, mem, |chain| {
-            if super::collect(chain, mem, scratch).is_ok() {
-                let (mut rd, _) = split_descriptors(mem, scratch);
-                let mut buf = vec![0u8; rd.remaining() as usize];
-                if rd.read_exact(&mut buf).is_ok() {
-                    transmitted.extend_from_slice(&buf);
-                    pending.extend(buf);
-                }
-            }
-            Completion::Used(0)
-        })
+impl Loopback for ConsoleDevice {
+    fn transmitted(&mut self, data: Vec<u8>) {
+        self.transmitted.extend_from_slice(&data);
+        self.pending.extend(data);
     }
 
-    /// Post new receive buffers and fill as many as there are pending bytes.
-    fn fill_rx<R: Ring, M: GuestMemory + ?Sized>(
-        &mut self,
-        q: &mut R,
-        posted: &mut VecDeque<R::Chain>,
-        mem: &M,
-    ) -> bool {
-        let mut notify = match q.drain_with(mem, usize::MAX, |chain| {
-            posted.push_back(*chain);
-            Completion::Deferred
-        }) {
-            Ok(r) => r.notify,
-            Err(_) => return false,
-        };
-        let mut any = false;
-        while !self.pending.is_empty() {
-            let Some(chain) = posted.pop_front() else {
-                break;
-            };
-            let mut len = 0;
-            if super::collect(&chain, mem, &mut self.scratch).is_ok() {
-                let (_, mut wr) = split_descriptors(mem, &self.scratch);
-                let n = (wr.remaining() as usize).min(self.pending.len());
-                let bytes: Vec<u8> = self.pending.drain(..n).collect();
-                if wr.write_all(&bytes).is_ok() {
-                    len = wr.bytes_written();
-                }
-            }
-            if q.complete(mem, &chain, len).is_ok() {
-                any = true;
-            }
+    fn has_rx_data(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// As many pending bytes as the buffer holds.
+    fn receive<M: GuestMemory + ?Sized>(&mut self, wr: &mut Writer<'_, M>) -> u32 {
+        let n = (wr.remaining() as usize).min(self.pending.len());
+        let bytes: Vec<u8> = self.pending.drain(..n).collect();
+        match wr.write_all(&bytes) {
+            Ok(()) => wr.bytes_written(),
+            Err(_) => 0,
         }
-        if any {
-            notify |= q.publish(mem);
-        }
-        notify
+    }
+
+    fn buffers(&mut self) -> (&mut Posted, &mut Vec<Descriptor>) {
+        (&mut self.posted, &mut self.scratch)
     }
 }
 
@@ -132,14 +98,12 @@ impl VirtioDevice for ConsoleDevice {
     fn reset(&mut self) {
         self.pending.clear();
         self.posted.clear();
-        self.posted_packed.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
         // Kept receive buffers belong to the old incarnation of the queue.
         if index == RX {
             self.posted.clear();
-            self.posted_packed.clear();
         }
     }
 
@@ -149,17 +113,7 @@ impl VirtioDevice for ConsoleDevice {
         queues: &mut [Queue],
         mem: &M,
     ) -> bool {
-        let [rx, tx, ..] = queues else {
-            return false;
-        };
-        let mut notify = false;
-        if index == TX {
-            notify |= self.take_tx(tx, mem);
-        }
-        let mut posted = std::mem::take(&mut self.posted);
-        notify |= self.fill_rx(rx, &mut posted, mem);
-        self.posted = posted;
-        notify
+        serve_loopback(self, index, queues, mem)
     }
 
     fn queue_notify_packed<M: GuestMemory + ?Sized>(
@@ -168,16 +122,6 @@ impl VirtioDevice for ConsoleDevice {
         queues: &mut [PackedQueue],
         mem: &M,
     ) -> bool {
-        let [rx, tx, ..] = queues else {
-            return false;
-        };
-        let mut notify = false;
-        if index == TX {
-            notify |= self.take_tx(tx, mem);
-        }
-        let mut posted = std::mem::take(&mut self.posted_packed);
-        notify |= self.fill_rx(rx, &mut posted, mem);
-        self.posted_packed = posted;
-        notify
+        serve_loopback(self, index, queues, mem)
     }
 }

@@ -22,6 +22,9 @@ pub use blk::BlkDevice;
 pub use console::ConsoleDevice;
 pub use net::NetDevice;
 
+use std::collections::VecDeque;
+
+use virtq::io::{Writer, split_descriptors};
 use virtq::{
     ChainError, Completion, Descriptor, DescriptorChain, DescriptorIter, DrainReport, GuestMemory,
     PackedChain, PackedQueue, Queue, QueueError,
@@ -183,4 +186,110 @@ pub fn drain_all<R: Ring, M: GuestMemory + ?Sized>(
             Err(_) => return notify,
         }
     }
+}
+
+/// Receive buffers a device keeps between notifications (posted by the driver, not filled yet),
+/// for whichever ring format the driver chose.
+#[derive(Debug, Default)]
+pub struct Posted {
+    split: VecDeque<DescriptorChain>,
+    packed: VecDeque<PackedChain<PACKED_DIRECT>>,
+}
+
+impl Posted {
+    /// Forget every kept buffer: they belong to a queue incarnation that was reset (H19).
+    pub fn clear(&mut self) {
+        self.split.clear();
+        self.packed.clear();
+    }
+}
+
+/// A [`Ring`] whose kept receive buffers live in [`Posted`].
+pub trait RxRing: Ring {
+    /// This ring format's kept buffers.
+    fn posted(p: &mut Posted) -> &mut VecDeque<Self::Chain>;
+}
+
+impl RxRing for Queue {
+    fn posted(p: &mut Posted) -> &mut VecDeque<DescriptorChain> {
+        &mut p.split
+    }
+}
+
+impl RxRing for PackedQueue {
+    fn posted(p: &mut Posted) -> &mut VecDeque<PackedChain<PACKED_DIRECT>> {
+        &mut p.packed
+    }
+}
+
+/// A device with a receive queue (index 0) and a transmit queue (index 1) that delivers what
+/// the driver transmits back on the receive queue in some form (console echo, net loopback).
+pub trait Loopback {
+    /// The bytes of one transmitted chain.
+    fn transmitted(&mut self, data: Vec<u8>);
+    /// Whether anything waits for a receive buffer.
+    fn has_rx_data(&self) -> bool;
+    /// Write waiting data into one receive buffer; the used length (bytes written).
+    fn receive<M: GuestMemory + ?Sized>(&mut self, wr: &mut Writer<'_, M>) -> u32;
+    /// The kept receive buffers and a scratch list for copied chains.
+    fn buffers(&mut self) -> (&mut Posted, &mut Vec<Descriptor>);
+}
+
+/// A notification for `index` on a [`Loopback`] device: drain the transmit queue if it was
+/// kicked, take newly posted receive buffers, and fill as many as there is data for. Whether
+/// the driver must be interrupted.
+pub fn serve_loopback<D: Loopback, R: RxRing, M: GuestMemory + ?Sized>(
+    dev: &mut D,
+    index: u16,
+    queues: &mut [R],
+    mem: &M,
+) -> bool {
+    let [rx, tx, ..] = queues else {
+        return false;
+    };
+    let mut notify = false;
+    if index == 1 {
+        let mut scratch = std::mem::take(dev.buffers().1);
+        notify |= drain_all(tx, mem, |chain| {
+            if collect(chain, mem, &mut scratch).is_ok() {
+                let (mut rd, _) = split_descriptors(mem, &scratch);
+                let mut data = vec![0u8; rd.remaining() as usize];
+                if rd.read_exact(&mut data).is_ok() {
+                    dev.transmitted(data);
+                }
+            }
+            Completion::Used(0)
+        });
+        *dev.buffers().1 = scratch;
+    }
+    let (posted, scratch) = dev.buffers();
+    let mut posted = std::mem::take(R::posted(posted));
+    let mut scratch = std::mem::take(scratch);
+    let taken = rx.drain_with(mem, usize::MAX, |chain| {
+        posted.push_back(*chain);
+        Completion::Deferred
+    });
+    // A stopped receive queue takes nothing and completes nothing.
+    let live = taken.is_ok();
+    notify |= taken.is_ok_and(|r| r.notify);
+    let mut any = false;
+    while live && dev.has_rx_data() {
+        let Some(chain) = posted.pop_front() else {
+            break;
+        };
+        // A malformed receive chain is completed with length 0; the data waits for the next.
+        let mut len = 0;
+        if collect(&chain, mem, &mut scratch).is_ok() {
+            let (_, mut wr) = split_descriptors(mem, &scratch);
+            len = dev.receive(&mut wr);
+        }
+        any |= rx.complete(mem, &chain, len).is_ok();
+    }
+    if any {
+        notify |= rx.publish(mem);
+    }
+    let (kept, kept_scratch) = dev.buffers();
+    *R::posted(kept) = posted;
+    *kept_scratch = scratch;
+    notify
 }

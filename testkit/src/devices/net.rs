@@ -3,12 +3,11 @@
 
 use std::collections::VecDeque;
 
-use virtq::io::split_descriptors;
+use virtq::io::Writer;
 use virtq::transport::{VirtioDevice, config_read};
-use virtq::{Completion, Descriptor, DescriptorChain, Features, GuestMemory, PackedChain};
-use virtq::{PackedQueue, Queue};
+use virtq::{Descriptor, Features, GuestMemory, PackedQueue, Queue};
 
-use super::{Ring, drain_all};
+use super::{Loopback, Posted, serve_loopback};
 
 /// Device type 1 (§5.1.1).
 pub const DEVICE_ID: u32 = 1;
@@ -29,9 +28,8 @@ pub struct NetDevice {
     features: u64,
     queue_size: u16,
     frames: VecDeque<Vec<u8>>,
-    posted: VecDeque<DescriptorChain>,
-    /// The same, when the rings are packed.
-    posted_packed: VecDeque<PackedChain<{ super::PACKED_DIRECT }>>,
+    /// Receive buffers the driver posted that are still empty (kept across notifications).
+    posted: Posted,
     scratch: Vec<Descriptor>,
     /// Frames delivered back to the driver.
     pub looped: u64,
@@ -46,8 +44,7 @@ impl NetDevice {
             features: F_MAC | F_STATUS | extra.bits(),
             queue_size,
             frames: VecDeque::new(),
-            posted: VecDeque::new(),
-            posted_packed: VecDeque::new(),
+            posted: Posted::default(),
             scratch: Vec::new(),
             looped: 0,
             dropped: 0,
@@ -58,58 +55,31 @@ impl NetDevice {
     pub fn frames_pending(&self) -> usize {
         self.frames.len()
     }
+}
 
-    fn take_tx<R: Ring, M: GuestMemory + ?Sized>(&mut self, q: &mut R, mem: &M) -> bool {
-        let (frames, scratch) = (&mut self.frames, &mut self.scratch);
-        drain_all(q, mem, |chain| {
-            if super::collect(chain, mem, scratch).is_ok() {
-                let (mut rd, _) = split_descriptors(mem, scratch);
-                let mut frame = vec![0u8; rd.remaining() as usize];
-                if rd.read_exact(&mut frame).is_ok() {
-                    frames.push_back(frame);
-                }
-            }
-            Completion::Used(0)
-        })
+impl Loopback for NetDevice {
+    fn transmitted(&mut self, frame: Vec<u8>) {
+        self.frames.push_back(frame);
     }
 
-    fn fill_rx<R: Ring, M: GuestMemory + ?Sized>(
-        &mut self,
-        q: &mut R,
-        posted: &mut VecDeque<R::Chain>,
-        mem: &M,
-    ) -> bool {
-        let mut notify = match q.drain_with(mem, usize::MAX, |chain| {
-            posted.push_back(*chain);
-            Completion::Deferred
-        }) {
-            Ok(r) => r.notify,
-            Err(_) => return false,
-        };
-        let mut any = false;
-        while !self.frames.is_empty() {
-            let Some(chain) = posted.pop_front() else {
-                break;
-            };
-            let frame = self.frames.pop_front().unwrap_or_default();
-            let mut len = 0;
-            if super::collect(&chain, mem, &mut self.scratch).is_ok() {
-                let (_, mut wr) = split_descriptors(mem, &self.scratch);
-                if wr.write_all(&frame).is_ok() {
-                    len = wr.bytes_written();
-                    self.looped += 1;
-                } else {
-                    self.dropped += 1;
-                }
-            }
-            if q.complete(mem, &chain, len).is_ok() {
-                any = true;
-            }
+    fn has_rx_data(&self) -> bool {
+        !self.frames.is_empty()
+    }
+
+    /// One whole frame per buffer; a frame that does not fit is dropped (length 0).
+    fn receive<M: GuestMemory + ?Sized>(&mut self, wr: &mut Writer<'_, M>) -> u32 {
+        let frame = self.frames.pop_front().unwrap_or_default();
+        if wr.write_all(&frame).is_ok() {
+            self.looped += 1;
+            wr.bytes_written()
+        } else {
+            self.dropped += 1;
+            0
         }
-        if any {
-            notify |= q.publish(mem);
-        }
-        notify
+    }
+
+    fn buffers(&mut self) -> (&mut Posted, &mut Vec<Descriptor>) {
+        (&mut self.posted, &mut self.scratch)
     }
 }
 
@@ -139,14 +109,12 @@ impl VirtioDevice for NetDevice {
     fn reset(&mut self) {
         self.frames.clear();
         self.posted.clear();
-        self.posted_packed.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
         // Kept receive buffers belong to the old incarnation of the queue.
         if index == RX {
             self.posted.clear();
-            self.posted_packed.clear();
         }
     }
 
@@ -156,17 +124,7 @@ impl VirtioDevice for NetDevice {
         queues: &mut [Queue],
         mem: &M,
     ) -> bool {
-        let [rx, tx, ..] = queues else {
-            return false;
-        };
-        let mut notify = false;
-        if index == TX {
-            notify |= self.take_tx(tx, mem);
-        }
-        let mut posted = std::mem::take(&mut self.posted);
-        notify |= self.fill_rx(rx, &mut posted, mem);
-        self.posted = posted;
-        notify
+        serve_loopback(self, index, queues, mem)
     }
 
     fn queue_notify_packed<M: GuestMemory + ?Sized>(
@@ -175,16 +133,6 @@ impl VirtioDevice for NetDevice {
         queues: &mut [PackedQueue],
         mem: &M,
     ) -> bool {
-        let [rx, tx, ..] = queues else {
-            return false;
-        };
-        let mut notify = false;
-        if index == TX {
-            notify |= self.take_tx(tx, mem);
-        }
-        let mut posted = std::mem::take(&mut self.posted_packed);
-        notify |= self.fill_rx(rx, &mut posted, mem);
-        self.posted_packed = posted;
-        notify
+        serve_loopback(self, index, queues, mem)
     }
 }
