@@ -1159,6 +1159,29 @@ fn check_packed_size(num: u32, max: u16) -> Result<u16, QueueSetupError> {
     }
 }
 
+/// The checks on a queue's three areas, each `(address, alignment, length)`, shared by both
+/// ring formats (H9): non-zero and aligned (SPLIT-03..05, PACKED-04), not wrapping around the
+/// address space, pairwise disjoint. Whether they are RAM is the queue's `check_rings`.
+fn check_areas(areas: [(u64, u64, u64); 3]) -> Result<(), QueueSetupError> {
+    if areas
+        .iter()
+        .any(|&(addr, align, _)| addr == 0 || !GuestAddress(addr).is_aligned(align))
+    {
+        return Err(QueueSetupError::Misaligned);
+    }
+    if areas
+        .iter()
+        .any(|&(addr, _, len)| GuestAddress(addr).checked_end(len).is_none())
+    {
+        return Err(QueueSetupError::AddressOverflow);
+    }
+    let [(a, _, la), (b, _, lb), (c, _, lc)] = areas;
+    if overlaps(a, la, b, lb) || overlaps(a, la, c, lc) || overlaps(b, lb, c, lc) {
+        return Err(QueueSetupError::Overlap);
+    }
+    Ok(())
+}
+
 /// Program packed queue `p` from raw register values and validate it (PACKED-02..05, H9); on
 /// error `p` is left not ready. `desc` is the descriptor ring, `driver` and `device` the
 /// driver and device event suppression structures.
@@ -1171,38 +1194,28 @@ fn program_packed<M: GuestMemory + ?Sized>(
     device: u64,
 ) -> Result<(), QueueSetupError> {
     let size = check_packed_size(num, p.max_size)?;
-    let (d, a, u) = (
-        GuestAddress(desc),
-        GuestAddress(driver),
-        GuestAddress(device),
-    );
-    if desc == 0
-        || driver == 0
-        || device == 0
-        || !d.is_aligned(packed_layout::DESC_ALIGN)
-        || !a.is_aligned(packed_layout::EVENT_ALIGN)
-        || !u.is_aligned(packed_layout::EVENT_ALIGN)
-    {
-        return Err(QueueSetupError::Misaligned);
-    }
-    let (ld, le) = (
-        packed_layout::desc_ring_bytes(size),
-        packed_layout::EVENT_SIZE,
-    );
-    if d.checked_end(ld).is_none() || a.checked_end(le).is_none() || u.checked_end(le).is_none() {
-        return Err(QueueSetupError::AddressOverflow);
-    }
-    if overlaps(desc, ld, driver, le)
-        || overlaps(desc, ld, device, le)
-        || overlaps(driver, le, device, le)
-    {
-        return Err(QueueSetupError::Overlap);
-    }
+    check_areas([
+        (
+            desc,
+            packed_layout::DESC_ALIGN,
+            packed_layout::desc_ring_bytes(size),
+        ),
+        (
+            driver,
+            packed_layout::EVENT_ALIGN,
+            packed_layout::EVENT_SIZE,
+        ),
+        (
+            device,
+            packed_layout::EVENT_ALIGN,
+            packed_layout::EVENT_SIZE,
+        ),
+    ])?;
     p.reset();
     p.set_size(size);
-    p.desc_ring_addr = d;
-    p.driver_event_addr = a;
-    p.device_event_addr = u;
+    p.desc_ring_addr = GuestAddress(desc);
+    p.driver_event_addr = GuestAddress(driver);
+    p.device_event_addr = GuestAddress(device);
     p.ready = true;
     if p.check_rings(mem).is_err() {
         p.reset();
@@ -1236,39 +1249,16 @@ fn program_queue<M: GuestMemory + ?Sized>(
     device: u64,
 ) -> Result<(), QueueSetupError> {
     let size = check_size(num, q.max_size)?;
-    let (d, a, u) = (
-        GuestAddress(desc),
-        GuestAddress(driver),
-        GuestAddress(device),
-    );
-    if desc == 0
-        || driver == 0
-        || device == 0
-        || !d.is_aligned(layout::DESC_ALIGN)
-        || !a.is_aligned(layout::AVAIL_ALIGN)
-        || !u.is_aligned(layout::USED_ALIGN)
-    {
-        return Err(QueueSetupError::Misaligned);
-    }
-    let (ld, la, lu) = (
-        layout::desc_table_bytes(size),
-        layout::avail_ring_bytes(size),
-        layout::used_ring_bytes(size),
-    );
-    if d.checked_end(ld).is_none() || a.checked_end(la).is_none() || u.checked_end(lu).is_none() {
-        return Err(QueueSetupError::AddressOverflow);
-    }
-    if overlaps(desc, ld, driver, la)
-        || overlaps(desc, ld, device, lu)
-        || overlaps(driver, la, device, lu)
-    {
-        return Err(QueueSetupError::Overlap);
-    }
+    check_areas([
+        (desc, layout::DESC_ALIGN, layout::desc_table_bytes(size)),
+        (driver, layout::AVAIL_ALIGN, layout::avail_ring_bytes(size)),
+        (device, layout::USED_ALIGN, layout::used_ring_bytes(size)),
+    ])?;
     q.reset();
     q.set_size(size);
-    q.desc_table_addr = d;
-    q.avail_ring_addr = a;
-    q.used_ring_addr = u;
+    q.desc_table_addr = GuestAddress(desc);
+    q.avail_ring_addr = GuestAddress(driver);
+    q.used_ring_addr = GuestAddress(device);
     q.ready = true;
     if q.check_rings(mem).is_err() {
         q.reset();
