@@ -673,6 +673,56 @@ fn main() {
         }
         packed.push((name.to_owned(), bytes));
     }
+    // Packed ring, long direct chains (the target reads `FlipAvailIdx(v)` as "publish a chain
+    // of `(v & 0x7f) + 1` descriptors, shape from `v`") popped into each chain storage `N` the
+    // target selects: the default 16, or with a non-standard placement (bit 4) the first
+    // "address" modulo 4 picks 1, 2, 17 or 128.
+    let long = |n: u16, at: u16, mode: u16, indirect_last: bool| {
+        Op::FlipAvailIdx((n - 1) | (at << 7) | (mode << 13) | (u16::from(indirect_last) << 15))
+    };
+    for (name, storage) in [
+        ("p-long-n16", None),
+        ("p-long-n1", Some(0u64)),
+        ("p-long-n2", Some(1)),
+        ("p-long-n17", Some(2)),
+        ("p-long-n128", Some(3)),
+    ] {
+        let mut c = Config::standard(128, true);
+        if let Some(sel) = storage {
+            c.desc = sel;
+        }
+        let mut ops = Vec::new();
+        for chain in [
+            long(20, 0, 0, false),  // 20 readable buffers
+            long(17, 10, 0, false), // 17 buffers, writable from the 11th
+            long(18, 16, 2, false), // the 17th buffer is outside RAM
+            long(18, 17, 2, false), // the 18th buffer is outside RAM
+            long(19, 16, 3, false), // readable after writable at the 17th
+            long(24, 30, 1, false), // 16 non-empty buffers among 24 descriptors
+            long(26, 5, 1, false),  // 17 non-empty buffers among 26 descriptors
+            long(18, 0, 0, true),   // INDIRECT on the 18th descriptor
+            long(3, 1, 0, false),   // 3 buffers
+            long(1, 0, 0, false),   // 1 buffer
+        ] {
+            ops.extend([chain, Op::Pop, Op::Walk(0), Op::CopyInto(0, false)]);
+            ops.push(Op::PushUsed(0, 16));
+        }
+        ops.extend([
+            long(128, 64, 0, false), // the whole ring
+            Op::Pop,
+            Op::Walk(0),
+            Op::PushUsed(0, 0),
+            long(40, 20, 0, false),
+            long(2, 0, 0, false),
+            Op::Drain(4, 2),
+            Op::Walk(0),
+            Op::Reset,
+            long(33, 40, 0, false),
+            Op::Pop,
+            Op::PushBogus(0, 0),
+        ]);
+        packed.push((name.to_owned(), Scenario::encode(&c, &[], &ops)));
+    }
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     for (target, seeds) in [
