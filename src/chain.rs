@@ -277,7 +277,6 @@ impl DescriptorChain {
             table_len: self.size,
             next: Some(self.head),
             hops: 0,
-            hop_limit: self.size,
             in_indirect: false,
             indirect_allowed: self.indirect,
             budget: ChainBudget::new(u32::from(self.size)),
@@ -347,23 +346,56 @@ struct SplitWalk<'m, M: ?Sized> {
     mem: &'m M,
     /// Table being walked: the descriptor table, then possibly one indirect table.
     table: GuestAddress,
-    /// Entries in `table`.
+    /// Entries in `table`: the bound of every `next` in it and of the hops through it (`size`
+    /// in the descriptor table, the entry count in an indirect table).
     table_len: u16,
     /// Next entry to fetch; `None` once the chain ended or failed.
     next: Option<u16>,
-    /// Descriptors fetched from the current table, bounded by `hop_limit`.
+    /// Descriptors fetched from the current table, at most `table_len`.
     hops: u16,
-    hop_limit: u16,
     in_indirect: bool,
     indirect_allowed: bool,
     budget: ChainBudget,
 }
 
 impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
+    /// End the walk with `e`. Cold: a malformed chain is the rare case, so its paths are laid
+    /// out away from the walk of a valid one.
+    #[cold]
     fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
         self.next = None;
         debug!("virtq: malformed chain: {}", e);
         Some(Err(e))
+    }
+
+    /// Switch the walk to the indirect table that descriptor (`addr`, `len`, `flags`) points
+    /// to, after checking the INDIRECT rules on that one copy.
+    #[inline]
+    fn enter_indirect(&mut self, addr: u64, len: u32, flags: DescFlags) -> Result<(), ChainError> {
+        if self.in_indirect {
+            return Err(ChainError::NestedIndirect);
+        }
+        if !self.indirect_allowed {
+            return Err(ChainError::IndirectNotNegotiated);
+        }
+        if flags.contains(DescFlags::NEXT) {
+            return Err(ChainError::IndirectWithNext);
+        }
+        let entries = len / 16;
+        if len == 0 || !len.is_multiple_of(16) || entries > self.budget.remaining() {
+            return Err(ChainError::IndirectTableLength { len });
+        }
+        let table = GuestAddress(addr);
+        self.mem.check_range(table, u64::from(len))?;
+        // `entries <= remaining <= size <= 32768`, so it fits in a u16.
+        let entries =
+            u16::try_from(entries).map_err(|_| ChainError::IndirectTableLength { len })?;
+        self.table = table;
+        self.table_len = entries;
+        self.hops = 0;
+        self.in_indirect = true;
+        self.next = Some(0);
+        Ok(())
     }
 }
 
@@ -386,9 +418,8 @@ impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
         // `size` in the descriptor table plus the entry count of at most one indirect table.
         loop {
             let idx = self.next?;
-            // Hop bound of the current table: `size` in the descriptor table, the entry count
-            // in an indirect table. A loop ends here.
-            if self.hops >= self.hop_limit {
+            // Hop bound of the current table. A loop ends here.
+            if self.hops >= self.table_len {
                 return self.fail(ChainError::TooLong);
             }
             self.hops = self.hops.saturating_add(1);
@@ -412,37 +443,10 @@ impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
             let len = desc.len.get();
 
             if flags.contains(DescFlags::INDIRECT) {
-                let err = if self.in_indirect {
-                    Some(ChainError::NestedIndirect)
-                } else if !self.indirect_allowed {
-                    Some(ChainError::IndirectNotNegotiated)
-                } else if flags.contains(DescFlags::NEXT) {
-                    Some(ChainError::IndirectWithNext)
-                } else {
-                    None
-                };
-                if let Some(e) = err {
-                    return self.fail(e);
+                match self.enter_indirect(desc.addr.get(), len, flags) {
+                    Ok(()) => continue,
+                    Err(e) => return self.fail(e),
                 }
-                let entries = len / 16;
-                if len == 0 || !len.is_multiple_of(16) || entries > self.budget.remaining() {
-                    return self.fail(ChainError::IndirectTableLength { len });
-                }
-                let table = GuestAddress(desc.addr.get());
-                if let Err(e) = self.mem.check_range(table, u64::from(len)) {
-                    return self.fail(ChainError::Memory(e));
-                }
-                // `entries <= remaining <= size <= 32768`, so it fits in a u16.
-                let Ok(entries) = u16::try_from(entries) else {
-                    return self.fail(ChainError::IndirectTableLength { len });
-                };
-                self.table = table;
-                self.table_len = entries;
-                self.hops = 0;
-                self.hop_limit = entries;
-                self.in_indirect = true;
-                self.next = Some(0);
-                continue;
             }
 
             let admitted = self.budget.admit(

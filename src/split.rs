@@ -459,6 +459,17 @@ impl Queue {
         bytes_written: u32,
     ) -> Result<(), QueueError> {
         self.usable()?;
+        self.write_used(mem, head_index, bytes_written)
+    }
+
+    /// `add_used` after the entry check ([`usable`](Self::usable)), which the caller made.
+    #[inline]
+    fn write_used<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head_index: u16,
+        bytes_written: u32,
+    ) -> Result<(), QueueError> {
         if head_index >= self.size {
             return Err(QueueError::InvalidUsedHead { head: head_index });
         }
@@ -484,6 +495,12 @@ impl Queue {
     #[inline]
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.usable()?;
+        self.store_used_idx(mem)
+    }
+
+    /// `publish_used` after the entry check ([`usable`](Self::usable)), which the caller made.
+    #[inline]
+    fn store_used_idx<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         let count = self.next_used_idx.wrapping_sub(self.published_used_idx);
         if count == 0 {
             return Ok(0);
@@ -509,8 +526,11 @@ impl Queue {
         head_index: u16,
         bytes_written: u32,
     ) -> Result<(), QueueError> {
-        self.add_used(mem, head_index, bytes_written)?;
-        self.publish_used(mem).map(|_| ())
+        // One entry check covers both steps: nothing between them changes the configuration,
+        // and a failed write records its error and returns before `used.idx` is touched.
+        self.usable()?;
+        self.write_used(mem, head_index, bytes_written)?;
+        self.store_used_idx(mem).map(|_| ())
     }
 
     /// Retire `head` from the in-flight set without writing a used element (its completion is

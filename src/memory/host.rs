@@ -83,17 +83,29 @@ impl HostRegion {
     }
 
     /// Offset of `[addr, addr + len)` inside the region, checked.
+    ///
+    /// The accepting path needs only `addr - base` and `off + len <= self.len` (both checked):
+    /// the constructor proved `base + self.len` fits in a u64, so then `addr + len` does too.
+    /// Any refusal goes through [`refusal`](Self::refusal), which names the exact error.
     #[inline]
     fn offset_of(&self, addr: GuestAddress, len: u64) -> Result<usize, MemoryError> {
-        range_end(addr, len)?;
-        let out = MemoryError::OutOfRange { addr: addr.0, len };
-        let off = addr.checked_offset_from(self.guest_base).ok_or(out)?;
-        let end = off.checked_add(len).ok_or(out)?;
-        if end > self.len {
-            return Err(out);
+        if let Some(off) = addr.checked_offset_from(self.guest_base)
+            && off.checked_add(len).is_some_and(|end| end <= self.len)
+            && let Ok(off) = usize::try_from(off)
+        {
+            return Ok(off);
         }
-        // `off < self.len`, and `self.len` came from a `usize`.
-        usize::try_from(off).map_err(|_| out)
+        Err(self.refusal(addr, len))
+    }
+
+    /// Why `offset_of` refused `[addr, addr + len)`: overflow first, then out of range.
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self, addr: GuestAddress, len: u64) -> MemoryError {
+        if let Err(e) = range_end(addr, len) {
+            return e;
+        }
+        MemoryError::OutOfRange { addr: addr.0, len }
     }
 
     #[inline]
@@ -106,14 +118,13 @@ impl HostRegion {
     #[inline]
     fn word_ptr(&self, addr: GuestAddress) -> Result<NonNull<u16>, MemoryError> {
         let off = self.offset_of(addr, 2)?;
-        let p = self.ptr_at(off);
-        if !(p as usize).is_multiple_of(2) || !addr.0.is_multiple_of(2) {
+        // SAFETY: `offset_of` proved `off + 2 <= self.len`, so `host + off` stays inside the
+        // mapping the constructor's contract describes (which it checked does not wrap).
+        let p = unsafe { self.host.add(off) };
+        if !p.addr().get().is_multiple_of(2) || !addr.0.is_multiple_of(2) {
             return Err(MemoryError::Misaligned { addr: addr.0 });
         }
-        NonNull::new(p.cast::<u16>()).ok_or(MemoryError::OutOfRange {
-            addr: addr.0,
-            len: 2,
-        })
+        Ok(p.cast::<u16>())
     }
 }
 
@@ -121,10 +132,34 @@ impl HostRegion {
 /// aligned 8-byte loads, then the tail. (A volatile `[u8; 8]` access would be split into eight
 /// byte loads; an aligned `u64` is one load.)
 ///
+/// A copy of whole aligned words (a descriptor: 16 bytes at a 16-byte boundary) takes a
+/// straight-line path instead: with the length known at the call site it is just the loads.
+///
 /// # Safety
 /// `src .. src + dst.len()` is valid for reads.
 #[inline]
 unsafe fn volatile_copy_out(src: *mut u8, dst: &mut [u8]) {
+    if (src.addr() | dst.len()).is_multiple_of(8) {
+        let mut p = src;
+        for chunk in dst.chunks_exact_mut(8) {
+            // SAFETY: `p .. p + 8` lies inside the caller's range (whole chunks of it) and `p`
+            // is 8-aligned (`src` is, and it moves in steps of 8).
+            let v = unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<u64>())) }.read();
+            chunk.copy_from_slice(&v.to_ne_bytes());
+            p = p.wrapping_add(8);
+        }
+        return;
+    }
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { volatile_copy_out_bytes(src, dst) }
+}
+
+/// The general case of [`volatile_copy_out`], out of line: any alignment, any length.
+///
+/// # Safety
+/// `src .. src + dst.len()` is valid for reads.
+#[inline(never)]
+unsafe fn volatile_copy_out_bytes(src: *mut u8, dst: &mut [u8]) {
     let head = src.align_offset(8).min(dst.len());
     let (head_bytes, rest) = dst.split_at_mut(head);
     let mut p = src;
@@ -150,10 +185,50 @@ unsafe fn volatile_copy_out(src: *mut u8, dst: &mut [u8]) {
 
 /// Copy into `dst` with volatile accesses, aligned 8 bytes at a time where possible.
 ///
+/// A copy of whole aligned words takes a straight-line path instead: 8-byte stores, or 4-byte
+/// stores for a used element (8 bytes at `used + 4 + 8 * slot`: when the used ring is 8-byte
+/// aligned, no slot is).
+///
 /// # Safety
 /// `dst .. dst + src.len()` is valid for writes.
 #[inline]
 unsafe fn volatile_copy_in(dst: *mut u8, src: &[u8]) {
+    let words = dst.addr() | src.len();
+    if words.is_multiple_of(8) {
+        let mut p = dst;
+        for chunk in src.chunks_exact(8) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(chunk);
+            // SAFETY: `p .. p + 8` lies inside the caller's range (whole chunks of it) and `p`
+            // is 8-aligned (`dst` is, and it moves in steps of 8).
+            unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<u64>())) }
+                .write(u64::from_ne_bytes(v));
+            p = p.wrapping_add(8);
+        }
+        return;
+    }
+    if words.is_multiple_of(4) {
+        let mut p = dst;
+        for chunk in src.chunks_exact(4) {
+            let mut v = [0u8; 4];
+            v.copy_from_slice(chunk);
+            // SAFETY: as above, in steps of 4 from a 4-aligned `dst`.
+            unsafe { VolatilePtr::new(NonNull::new_unchecked(p.cast::<u32>())) }
+                .write(u32::from_ne_bytes(v));
+            p = p.wrapping_add(4);
+        }
+        return;
+    }
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { volatile_copy_in_bytes(dst, src) }
+}
+
+/// The general case of [`volatile_copy_in`], out of line: any alignment, any length.
+///
+/// # Safety
+/// `dst .. dst + src.len()` is valid for writes.
+#[inline(never)]
+unsafe fn volatile_copy_in_bytes(dst: *mut u8, src: &[u8]) {
     let head = dst.align_offset(8).min(src.len());
     let (head_bytes, rest) = src.split_at(head);
     let mut p = dst;
