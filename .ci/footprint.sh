@@ -73,7 +73,7 @@ row "virtio-mmio transport + the split device (register file, status, features)"
 echo
 echo "size_of, bytes"
 echo
-names=(Queue PackedQueue "MmioTransport<(), HostRegion, 1>" DescriptorChain
+names=(Queue PackedQueue "PackedChain (N = 16)" "MmioTransport<(), HostRegion, 1>" DescriptorChain
     "DescriptorIter<HostRegion>" Descriptor HostRegion "RegionTable<4>" QueueError ChainError
     MemoryError)
 st=() sx=()

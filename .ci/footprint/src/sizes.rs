@@ -11,16 +11,17 @@ use core::mem::size_of;
 use virtq::memory::{HostRegion, RegionTable};
 use virtq::transport::MmioTransport;
 use virtq::{
-    ChainError, Descriptor, DescriptorChain, DescriptorIter, MemoryError, PackedQueue, Queue,
+    ChainError, Descriptor, DescriptorChain, DescriptorIter, MemoryError, PackedChain, PackedQueue, Queue,
     QueueError,
 };
 
 /// The sizes, in bytes.
 #[unsafe(no_mangle)]
 #[used]
-pub static VIRTQ_SIZES: [u32; 11] = [
+pub static VIRTQ_SIZES: [u32; 12] = [
     size_of::<Queue>() as u32,
     size_of::<PackedQueue>() as u32,
+    size_of::<PackedChain>() as u32,
     size_of::<MmioTransport<(), HostRegion, 1>>() as u32,
     size_of::<DescriptorChain>() as u32,
     size_of::<DescriptorIter<'static, HostRegion>>() as u32,
