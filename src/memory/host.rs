@@ -86,7 +86,7 @@ impl HostRegion {
     ///
     /// The accepting path needs only `addr - base` and `off + len <= self.len` (both checked):
     /// the constructor proved `base + self.len` fits in a u64, so then `addr + len` does too.
-    /// Any refusal goes through [`refusal`](Self::refusal), which names the exact error.
+    /// Anything else goes through [`outside`](Self::outside), which names the exact error.
     #[inline]
     fn offset_of(&self, addr: GuestAddress, len: u64) -> Result<usize, MemoryError> {
         if let Some(off) = addr.checked_offset_from(self.guest_base)
@@ -95,17 +95,21 @@ impl HostRegion {
         {
             return Ok(off);
         }
-        Err(self.refusal(addr, len))
+        self.outside(addr, len)
     }
 
-    /// Why `offset_of` refused `[addr, addr + len)`: overflow first, then out of range.
+    /// `offset_of` for a range not inside the region: an overflowing range is refused first;
+    /// a zero-length range names no byte and is accepted wherever it lies (the
+    /// [`GuestMemory::check_range`] contract, as `RegionTable` does), at offset 0 where
+    /// nothing is copied; any other range is out of range.
     #[cold]
     #[inline(never)]
-    fn refusal(&self, addr: GuestAddress, len: u64) -> MemoryError {
-        if let Err(e) = range_end(addr, len) {
-            return e;
+    fn outside(&self, addr: GuestAddress, len: u64) -> Result<usize, MemoryError> {
+        range_end(addr, len)?;
+        if len == 0 {
+            return Ok(0);
         }
-        MemoryError::OutOfRange { addr: addr.0, len }
+        Err(MemoryError::OutOfRange { addr: addr.0, len })
     }
 
     #[inline]
@@ -344,6 +348,28 @@ mod tests {
         ));
         let mut big = [0u8; 65];
         assert!(r.read(GuestAddress(0x1000), &mut big).is_err());
+    }
+
+    /// A zero-length range is accepted anywhere its address does not overflow, inside the
+    /// region or not, like `RegionTable` (found by the `memory` fuzz target: `HostRegion`
+    /// refused it outside the region).
+    #[test]
+    fn zero_length_ranges_are_accepted_anywhere() {
+        let mut backing = vec![0u64; 2];
+        let r = region(&mut backing, 0x1000);
+        for addr in [0, 0xfff, 0x1000, 0x1010, 0x1011, 0x9000, u64::MAX] {
+            let a = GuestAddress(addr);
+            assert_eq!(r.check_range(a, 0), Ok(()), "{addr:#x}");
+            assert_eq!(r.read(a, &mut []), Ok(()), "{addr:#x}");
+            assert_eq!(r.write(a, &[]), Ok(()), "{addr:#x}");
+        }
+        // Still refused: one byte past the end, and a range that overflows.
+        assert!(r.check_range(GuestAddress(0x1010), 1).is_err());
+        assert!(matches!(
+            r.check_range(GuestAddress(u64::MAX), 2),
+            Err(MemoryError::Overflow { .. })
+        ));
+        assert_eq!(backing, [0, 0], "nothing written");
     }
 
     #[test]
