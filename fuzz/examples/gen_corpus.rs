@@ -3,14 +3,17 @@
 //! to the split ring (loops, out-of-range indices, bad indirect tables, buffers in the MMIO hole,
 //! length overflow, TOCTOU flips, avail.idx overrun, duplicate heads, ...).
 //!
+//! Also the `memory` target's layouts and edge steps.
+//!
 //! Run from `fuzz/`: `cargo run --example gen_corpus` (writes `corpus/<target>/seed-*`).
 
 use std::fs;
 use std::path::Path;
 
 use virtq_fuzz::{
-    AVAIL, BUFS, Config, DESC, DiffInput, IMAGE_AT, IoInput, IoOp, MmioInput, MmioOp, Op, RawDesc,
-    Scenario, USED, new_memory,
+    AVAIL, BUFS, Config, DESC, DiffInput, IMAGE_AT, IoInput, IoOp, MemAddr, MemGap, MemInput,
+    MemLen, MemOp, MemPlacement, MemRegion, MemTarget, MmioInput, MmioOp, Op, RawDesc, Scenario,
+    USED, new_memory,
 };
 use virtq_testkit::desc_flags::{I, N, W};
 use virtq_testkit::{SplitDriver, TestMemory};
@@ -724,6 +727,114 @@ fn main() {
         packed.push((name.to_owned(), Scenario::encode(&c, &[], &ops)));
     }
 
+    // Guest memory accessors: layouts with seams, holes, tiny, empty, overlapping and
+    // overflowing regions, low and at the top of the address space, and steps at every edge.
+    let mut memory = Vec::new();
+    let r = |len: u16, gap: MemGap, host_off: u8| MemRegion { len, gap, host_off };
+    for (name, placement, regions) in [
+        (
+            "seam-hole-low",
+            MemPlacement::Low,
+            vec![
+                r(256, MemGap::Seam, 0),
+                r(64, MemGap::Seam, 3),
+                r(32, MemGap::Hole(15), 1),
+                r(8, MemGap::Far(0x1000), 5),
+            ],
+        ),
+        (
+            "top-seam",
+            MemPlacement::Top(0),
+            vec![r(128, MemGap::Seam, 0), r(128, MemGap::Seam, 7)],
+        ),
+        (
+            "top-tiny",
+            MemPlacement::Top(2),
+            vec![
+                r(1, MemGap::Seam, 1),
+                r(2, MemGap::Seam, 2),
+                r(3, MemGap::Hole(0), 4),
+                r(0, MemGap::Seam, 6),
+            ],
+        ),
+        (
+            "zero-overlap",
+            MemPlacement::Zero,
+            vec![
+                r(96, MemGap::Seam, 2),
+                r(40, MemGap::Far(u64::MAX - 10), 0),
+                r(17, MemGap::Hole(1), 6),
+            ],
+        ),
+        (
+            "overflowing",
+            MemPlacement::At(u64::MAX - 50),
+            vec![r(40, MemGap::Seam, 0), r(100, MemGap::Seam, 1)],
+        ),
+        (
+            "single",
+            MemPlacement::Low,
+            vec![r(200, MemGap::Hole(7), 3)],
+        ),
+    ] {
+        let n = regions.len() as u8;
+        let mut ops = Vec::new();
+        for i in 0..n {
+            let (t, s) = (MemTarget::Table, MemTarget::Solo(i));
+            ops.extend([
+                MemOp::Read(t, MemAddr::Start(i, -4), MemLen::Small(8)),
+                MemOp::Write(t, MemAddr::End(i, -3), MemLen::Small(6), i),
+                MemOp::Check(t, MemAddr::End(i, 0), MemLen::Small(0)),
+                MemOp::Check(t, MemAddr::Start(i, -1), MemLen::ToEnd(i, 0)),
+                MemOp::Load(t, MemAddr::End(i, -1)),
+                MemOp::Store(t, MemAddr::End(i, -2), 0xBEEF),
+                MemOp::Load(t, MemAddr::Start(i, 2)),
+                MemOp::ReadObj(t, MemAddr::End(i, -8), 3),
+                MemOp::WriteObj(t, MemAddr::Start(i, -2), 4, 7),
+                MemOp::Write(t, MemAddr::Start(i, 1), MemLen::ToEnd(i, 0), 0x40 + i),
+                MemOp::Read(s, MemAddr::End(i, -16), MemLen::Small(17)),
+                MemOp::Check(s, MemAddr::End(i, 5), MemLen::Small(0)),
+                MemOp::Store(s, MemAddr::Start(i, 4), 0x1234),
+                MemOp::WriteObj(s, MemAddr::End(i, -12), 5, 3),
+                MemOp::ReadObj(s, MemAddr::End(i, -12), 5),
+            ]);
+        }
+        ops.extend([
+            MemOp::Write(
+                MemTarget::Table,
+                MemAddr::Start(0, 0),
+                MemLen::ToEnd(n - 1, 0),
+                9,
+            ),
+            MemOp::Read(
+                MemTarget::Table,
+                MemAddr::Start(0, 0),
+                MemLen::ToEnd(n - 1, 0),
+            ),
+            MemOp::Check(MemTarget::Table, MemAddr::Raw(u64::MAX), MemLen::Raw(1)),
+            MemOp::Check(MemTarget::Table, MemAddr::Top(0), MemLen::Small(0)),
+            MemOp::Read(MemTarget::Table, MemAddr::Top(3), MemLen::Small(8)),
+            MemOp::Load(MemTarget::Table, MemAddr::Top(1)),
+            MemOp::Check(
+                MemTarget::Table,
+                MemAddr::Raw(0x1000),
+                MemLen::Raw(u64::MAX),
+            ),
+        ]);
+        let inp = MemInput {
+            placement,
+            regions,
+            ops,
+        };
+        let bytes = inp.encode();
+        assert_eq!(
+            MemInput::decode(&bytes),
+            inp,
+            "memory seed {name} round trip"
+        );
+        memory.push((name.to_owned(), bytes));
+    }
+
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     for (target, seeds) in [
         ("split_queue", &s.split),
@@ -732,6 +843,7 @@ fn main() {
         ("chain_io", &s.io),
         ("mmio", &mmio),
         ("packed_queue", &packed),
+        ("memory", &memory),
     ] {
         let dir = root.join(target);
         fs::create_dir_all(&dir).unwrap();

@@ -705,3 +705,288 @@ impl MmioInput {
         e.0
     }
 }
+
+/// Where the `memory` target places its first region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemPlacement {
+    /// At `0x1000`.
+    Low,
+    /// The layout ends `slack` (0…3) bytes below 2⁶⁴.
+    Top(u8),
+    /// At an arbitrary address (the layout may wrap or overflow).
+    At(u64),
+    /// At 0.
+    Zero,
+}
+
+/// How a region of the `memory` target follows the previous one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemGap {
+    /// Right after it: a seam.
+    Seam,
+    /// A hole of `1 + n` bytes.
+    Hole(u8),
+    /// `n` bytes further (wrapping): far away, overlapping, or wrapped around.
+    Far(u64),
+}
+
+/// One region of the `memory` target's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemRegion {
+    /// Length in bytes, 0…256.
+    pub len: u16,
+    /// Placement relative to the previous region (or to the layout start).
+    pub gap: MemGap,
+    /// Host pointer offset into the 8-aligned backing buffer, 0…7.
+    pub host_off: u8,
+}
+
+/// Which accessor a `memory` step goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemTarget {
+    /// The `RegionTable<4>`.
+    Table,
+    /// The standalone `HostRegion` of layout entry `i % regions`.
+    Solo(u8),
+}
+
+/// A guest address of a `memory` step, relative to the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemAddr {
+    /// Start of layout entry `i % regions` plus `delta` (wrapping).
+    Start(u8, i16),
+    /// End (`base + len`) of layout entry `i % regions` plus `delta` (wrapping).
+    End(u8, i16),
+    /// Any address.
+    Raw(u64),
+    /// `u64::MAX - n`.
+    Top(u8),
+}
+
+/// A length of a `memory` step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemLen {
+    /// 0…80.
+    Small(u8),
+    /// Up to the end of layout entry `i % regions`, plus `delta` (wrapping).
+    ToEnd(u8, i8),
+    /// Any length (copies take it modulo 2048).
+    Raw(u64),
+}
+
+/// One step of the `memory` target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemOp {
+    /// `read(addr, len)`.
+    Read(MemTarget, MemAddr, MemLen),
+    /// `write(addr, bytes)`, bytes derived from the seed.
+    Write(MemTarget, MemAddr, MemLen, u8),
+    /// `check_range(addr, len)`.
+    Check(MemTarget, MemAddr, MemLen),
+    /// `load_u16(addr)`.
+    Load(MemTarget, MemAddr),
+    /// `store_u16(addr, value)`.
+    Store(MemTarget, MemAddr, u16),
+    /// `read_obj` of type kind `k % 6` (u8, u16, u32, u64, `[u8; 16]`, `[u32; 3]`).
+    ReadObj(MemTarget, MemAddr, u8),
+    /// `write_obj` of type kind `k % 6`, value derived from the seed.
+    WriteObj(MemTarget, MemAddr, u8, u8),
+}
+
+/// Input of the `memory` target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemInput {
+    /// Where the layout starts.
+    pub placement: MemPlacement,
+    /// 1…4 regions.
+    pub regions: Vec<MemRegion>,
+    /// Steps.
+    pub ops: Vec<MemOp>,
+}
+
+impl MemInput {
+    /// Most steps per input.
+    pub const MAX_OPS: usize = 128;
+
+    /// Decode: header `h: u8` (bits 0-1 regions − 1, bits 2-3 placement: Low, Top with slack in
+    /// bits 4-5, At + `u64`, Zero); per region `kind: u8` (bits 0-2 host offset, bits 4-5 gap:
+    /// Seam, Hole + `u8`, Far + `u64`, Seam; bit 7 tiny) and `len: u8` (`len + 1`, tiny:
+    /// `len % 4`); then steps: `code: u8` (`code & 7` the op, 7 = read; `code >> 3` ≥ 24 a
+    /// standalone region), the address (`mode: u8`: `mode & 3` Start/End + `delta: i16` with
+    /// entry `mode >> 2`, Raw + `u64`, Top + `u8`), then the op's length (`b: u8` ≤ 200 small,
+    /// ≤ 228 ToEnd + `i8`, else Raw + `u64`) and values.
+    pub fn decode(data: &[u8]) -> Self {
+        let mut u = Unstructured::new(data);
+        let b = |u: &mut Unstructured<'_>| u.arbitrary::<u8>().unwrap_or(0);
+        let h16 = |u: &mut Unstructured<'_>| u.arbitrary::<u16>().unwrap_or(0);
+        let q = |u: &mut Unstructured<'_>| u.arbitrary::<u64>().unwrap_or(0);
+        let head = b(&mut u);
+        let placement = match (head >> 2) & 3 {
+            0 => MemPlacement::Low,
+            1 => MemPlacement::Top((head >> 4) & 3),
+            2 => MemPlacement::At(q(&mut u)),
+            _ => MemPlacement::Zero,
+        };
+        let regions = (0..=(head & 3))
+            .map(|_| {
+                let kind = b(&mut u);
+                let gap = match (kind >> 4) & 3 {
+                    1 => MemGap::Hole(b(&mut u)),
+                    2 => MemGap::Far(q(&mut u)),
+                    _ => MemGap::Seam,
+                };
+                let l = b(&mut u);
+                MemRegion {
+                    len: if kind & 0x80 != 0 {
+                        u16::from(l % 4)
+                    } else {
+                        u16::from(l) + 1
+                    },
+                    gap,
+                    host_off: kind & 7,
+                }
+            })
+            .collect();
+        let addr = |u: &mut Unstructured<'_>| {
+            let m = b(u);
+            match m & 3 {
+                0 => MemAddr::Start(m >> 2, h16(u) as i16),
+                1 => MemAddr::End(m >> 2, h16(u) as i16),
+                2 => MemAddr::Raw(q(u)),
+                _ => MemAddr::Top(b(u)),
+            }
+        };
+        let len = |u: &mut Unstructured<'_>| match b(u) {
+            v @ 0..=200 => MemLen::Small(v % 81),
+            v @ 201..=228 => MemLen::ToEnd(v - 201, b(u) as i8),
+            _ => MemLen::Raw(q(u)),
+        };
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < Self::MAX_OPS {
+            let code = b(&mut u);
+            let t = match code >> 3 {
+                v @ 24.. => MemTarget::Solo(v - 24),
+                _ => MemTarget::Table,
+            };
+            let a = addr(&mut u);
+            ops.push(match code & 7 {
+                1 => MemOp::Write(t, a, len(&mut u), b(&mut u)),
+                2 => MemOp::Check(t, a, len(&mut u)),
+                3 => MemOp::Load(t, a),
+                4 => MemOp::Store(t, a, h16(&mut u)),
+                5 => MemOp::ReadObj(t, a, b(&mut u) % 6),
+                6 => MemOp::WriteObj(t, a, b(&mut u) % 6, b(&mut u)),
+                _ => MemOp::Read(t, a, len(&mut u)),
+            });
+        }
+        Self {
+            placement,
+            regions,
+            ops,
+        }
+    }
+
+    /// Encode (what [`decode`](Self::decode) reads back, for values in the documented ranges).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        let n = (self.regions.len().clamp(1, 4) - 1) as u8;
+        match self.placement {
+            MemPlacement::Low => e.u8(n),
+            MemPlacement::Top(slack) => e.u8(n | 4 | ((slack & 3) << 4)),
+            MemPlacement::At(a) => {
+                e.u8(n | 8);
+                e.u64(a);
+            }
+            MemPlacement::Zero => e.u8(n | 12),
+        }
+        for r in self.regions.iter().take(4) {
+            let tiny = r.len < 4;
+            let g = match r.gap {
+                MemGap::Seam => 0,
+                MemGap::Hole(_) => 1,
+                MemGap::Far(_) => 2,
+            };
+            e.u8((r.host_off & 7) | (g << 4) | if tiny { 0x80 } else { 0 });
+            match r.gap {
+                MemGap::Seam => {}
+                MemGap::Hole(v) => e.u8(v),
+                MemGap::Far(v) => e.u64(v),
+            }
+            e.u8(if tiny { r.len as u8 } else { (r.len - 1) as u8 });
+        }
+        let target = |t: MemTarget| match t {
+            MemTarget::Table => 0u8,
+            MemTarget::Solo(i) => (24 + (i & 7)) << 3,
+        };
+        let addr = |e: &mut Enc, a: MemAddr| match a {
+            MemAddr::Start(i, d) => {
+                e.u8((i & 0x3f) << 2);
+                e.u16(d as u16);
+            }
+            MemAddr::End(i, d) => {
+                e.u8(((i & 0x3f) << 2) | 1);
+                e.u16(d as u16);
+            }
+            MemAddr::Raw(v) => {
+                e.u8(2);
+                e.u64(v);
+            }
+            MemAddr::Top(v) => {
+                e.u8(3);
+                e.u8(v);
+            }
+        };
+        let len = |e: &mut Enc, l: MemLen| match l {
+            MemLen::Small(v) => e.u8(v % 81),
+            MemLen::ToEnd(i, d) => {
+                e.u8(201 + i % 28);
+                e.u8(d as u8);
+            }
+            MemLen::Raw(v) => {
+                e.u8(229);
+                e.u64(v);
+            }
+        };
+        for op in &self.ops {
+            match *op {
+                MemOp::Read(t, a, l) => {
+                    e.u8(target(t));
+                    addr(&mut e, a);
+                    len(&mut e, l);
+                }
+                MemOp::Write(t, a, l, s) => {
+                    e.u8(target(t) | 1);
+                    addr(&mut e, a);
+                    len(&mut e, l);
+                    e.u8(s);
+                }
+                MemOp::Check(t, a, l) => {
+                    e.u8(target(t) | 2);
+                    addr(&mut e, a);
+                    len(&mut e, l);
+                }
+                MemOp::Load(t, a) => {
+                    e.u8(target(t) | 3);
+                    addr(&mut e, a);
+                }
+                MemOp::Store(t, a, v) => {
+                    e.u8(target(t) | 4);
+                    addr(&mut e, a);
+                    e.u16(v);
+                }
+                MemOp::ReadObj(t, a, k) => {
+                    e.u8(target(t) | 5);
+                    addr(&mut e, a);
+                    e.u8(k % 6);
+                }
+                MemOp::WriteObj(t, a, k, s) => {
+                    e.u8(target(t) | 6);
+                    addr(&mut e, a);
+                    e.u8(k % 6);
+                    e.u8(s);
+                }
+            }
+        }
+        e.0
+    }
+}
