@@ -89,7 +89,7 @@ pub mod wire;
 pub use chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
 pub use error::QueueError;
 pub use io::{ChainReader, ChainWriter, IoError, Reader, Writer};
-pub use memory::{GuestAddress, GuestMemory, MemoryError};
+pub use memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
 pub use notify::{Completion, DrainReport};
 pub use packed::{PackedChain, PackedQueue};
 pub use split::Queue;

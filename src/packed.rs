@@ -63,8 +63,6 @@
 //! ID, and completion takes the chain itself: [`PackedQueue::push_used`]`(mem, &chain, len)`.
 //! The chain knows how many ring slots it occupied, which is how far the used cursor skips.
 
-use core::sync::atomic::{Ordering, fence};
-
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -72,7 +70,7 @@ use crate::chain::{
     ChainBudget, ChainError, Descriptor, DescriptorIter, PackedBody, PackedTail, collect_into,
 };
 use crate::error::{QueueError, Sticky};
-use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
+use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 
@@ -676,7 +674,7 @@ impl PackedQueue {
         }
         // Acquire: the chain's descriptor bodies and the flags of its later descriptors were
         // written before the driver stored this first flags word (§2.8.21.1, PACKED-19).
-        fence(Ordering::Acquire);
+        mem.fence(Barrier::AvailRead);
 
         head.slot = start.0;
         head.wrap = start.1;
@@ -974,7 +972,7 @@ impl PackedQueue {
         let at = self.desc_addr(slot, layout::FLAGS_OFFSET)?;
         // Release: the used descriptors' len/id, the later descriptors' flags and the buffer
         // data the device wrote become visible before this flags word publishes them.
-        fence(Ordering::Release);
+        mem.fence(Barrier::UsedPublish);
         if let Err(e) = mem.store_u16(at, flags) {
             return Err(self.error.set(e.into()));
         }
@@ -1016,7 +1014,7 @@ impl PackedQueue {
         self.usable()?;
         // Full fence: the used flags stores must be visible before the driver's suppression
         // state is read, or both sides could miss each other's update (PACKED-48).
-        fence(Ordering::SeqCst);
+        mem.fence(Barrier::NotifyCheck);
         let moved = self.unsignalled_moved;
         if moved == 0 {
             return Ok(false);
@@ -1034,7 +1032,7 @@ impl PackedQueue {
             RingEventFlags::Disable => false,
             RingEventFlags::Desc if self.features.contains(Features::EVENT_IDX) => {
                 // Acquire: the driver writes `off_wrap` before the flags that select it.
-                fence(Ordering::Acquire);
+                mem.fence(Barrier::EventRead);
                 let at = base
                     .checked_add(layout::EVENT_OFF_WRAP_OFFSET)
                     .ok_or(QueueError::NotReady)?;
@@ -1072,7 +1070,7 @@ impl PackedQueue {
                 .ok_or(QueueError::NotReady)?;
             mem.store_u16(at, v).map_err(|e| self.error.set(e.into()))?;
             // Release: `off_wrap` is visible before the flags that select it.
-            fence(Ordering::Release);
+            mem.fence(Barrier::EventPublish);
         }
         if self.device_event_flags == Some(flags) {
             return Ok(());
@@ -1106,7 +1104,7 @@ impl PackedQueue {
         }
         // Full fence: the device event store is visible before the ring is re-checked, so a
         // driver that read the old DISABLE cannot skip a notification we also miss.
-        fence(Ordering::SeqCst);
+        mem.fence(Barrier::KickRecheck);
         let flags = self.load_flags(mem, self.next_avail_idx)?;
         Ok(is_available(flags, self.avail_wrap_counter))
     }

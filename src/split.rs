@@ -23,11 +23,10 @@
 //! * [`Queue::mark_broken`] (escalation (b): the transport raises DEVICE_NEEDS_RESET).
 
 use core::fmt;
-use core::sync::atomic::{Ordering, fence};
 
 use crate::chain::{ChainError, DescriptorChain};
 use crate::error::{QueueError, Sticky};
-use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt};
+use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{
     AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
@@ -377,7 +376,7 @@ impl Queue {
         };
         // Acquire: the ring entries and descriptors published before `avail.idx` are read only
         // after it (pairs with the driver's write barrier before updating `avail.idx`).
-        fence(Ordering::Acquire);
+        mem.fence(Barrier::AvailRead);
         let pending = idx.wrapping_sub(self.next_avail_idx);
         if pending > self.size {
             return Err(self.error.set(QueueError::AvailIdxOverrun {
@@ -507,7 +506,7 @@ impl Queue {
         }
         // Release: the used elements and the buffer data the device wrote become visible
         // before the new `used.idx` (§2.7.8.2).
-        fence(Ordering::Release);
+        mem.fence(Barrier::UsedPublish);
         if let Err(e) = mem.store_u16(self.used_addr(layout::IDX_OFFSET)?, self.next_used_idx) {
             return Err(self.error.set(e.into()));
         }
@@ -604,7 +603,7 @@ impl Queue {
         // Full fence (store→load): `used.idx` must be visible to the driver before we read
         // `used_event` / the avail flags, or a driver that just re-enabled interrupts and saw
         // the old `used.idx` would sleep while we suppress (SPLIT-53).
-        fence(Ordering::SeqCst);
+        mem.fence(Barrier::NotifyCheck);
         if self.features.contains(Features::EVENT_IDX) {
             let at = self.avail_addr(layout::used_event_offset(self.size))?;
             let event = mem.load_u16(at).map_err(|e| self.error.set(e.into()))?;
@@ -660,7 +659,7 @@ impl Queue {
         // Full fence (store→load): the driver must be able to see the re-enable before we
         // look at `avail.idx` again, or work published in between would get no kick and we
         // would not see it either.
-        fence(Ordering::SeqCst);
+        mem.fence(Barrier::KickRecheck);
         Ok(self.pending(mem)? != 0)
     }
 

@@ -8,6 +8,7 @@
 //! (CVE-2020-13759).
 
 use core::fmt;
+use core::sync::atomic::{Ordering, fence};
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -127,7 +128,11 @@ impl core::error::Error for MemoryError {}
 /// * [`load_u16`](Self::load_u16) and [`store_u16`](Self::store_u16) are single-copy atomic:
 ///   one aligned 16-bit access that can never be observed half-done. They may refuse odd
 ///   addresses with [`MemoryError::Misaligned`].
-/// * No method issues memory barriers; the queues issue the barriers they need.
+/// * No method issues memory barriers on its own; the queues issue the barriers they need
+///   through [`fence`](Self::fence), whose provided implementation is the Rust fence the
+///   [`Barrier`] names. Override it only to *add* to that fence (a protocol model that needs to
+///   see barriers, a trace, a guest on a non-coherent agent); a weaker fence loses
+///   notifications.
 /// * Byte copies may cross from one RAM region into an adjacent one; whether they do is the
 ///   implementation's policy (the provided [`RegionTable`] splits them).
 pub trait GuestMemory {
@@ -146,6 +151,66 @@ pub trait GuestMemory {
     /// Check that every byte of `[addr, addr + len)` is accessible guest RAM, without touching
     /// it. A zero-length range is accepted when `addr` itself does not overflow.
     fn check_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError>;
+
+    /// Issue the memory barrier `barrier` between the accesses before and after it. The
+    /// provided implementation is [`Barrier::issue`]; see the contract above before overriding
+    /// it.
+    #[inline]
+    fn fence(&self, barrier: Barrier) {
+        barrier.issue();
+    }
+}
+
+/// A memory barrier a queue issues between its guest-memory accesses, named by what it orders
+/// (VIRTIO 1.4 §2.7.13, §2.8.21; checklist SPLIT-53, SPLIT-62, SPLIT-64, SPLIT-65, PACKED-19,
+/// PACKED-20, PACKED-48, PACKED-49).
+///
+/// The queues call [`GuestMemory::fence`] with one of these at every point where the order of
+/// their accesses matters to the driver, so a protocol model can see (and remove) each barrier
+/// by name. [`ordering`](Self::ordering) is the strength each one needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Barrier {
+    /// Acquire, after reading `avail.idx` or a packed descriptor's flags word and before reading
+    /// the ring entries, descriptors and buffers it publishes (SPLIT-64, PACKED-19).
+    AvailRead,
+    /// Release, after writing used elements and buffer data and before the `used.idx` store or
+    /// packed used-flags store that publishes them (SPLIT-65, PACKED-20).
+    UsedPublish,
+    /// Release, between the packed device event structure's `off_wrap` and the flags word that
+    /// selects it (§2.8.10).
+    EventPublish,
+    /// Acquire, between reading the packed driver event structure's flags and its `off_wrap`
+    /// (§2.8.10).
+    EventRead,
+    /// Full (store→load), between publishing used elements and reading the driver's suppression
+    /// state (`used_event`, avail flags, driver event structure): without it a driver that just
+    /// re-enabled interrupts and the device can each miss the other's store (SPLIT-53,
+    /// PACKED-48).
+    NotifyCheck,
+    /// Full (store→load), between asking for kicks (`avail_event`, used flags, device event
+    /// structure) and re-reading the ring before the device idles: without it the driver can
+    /// skip a kick for work the device then does not see (SPLIT-61, SPLIT-62, PACKED-49).
+    KickRecheck,
+}
+
+impl Barrier {
+    /// The ordering this barrier needs.
+    #[inline]
+    pub const fn ordering(self) -> Ordering {
+        match self {
+            Self::AvailRead | Self::EventRead => Ordering::Acquire,
+            Self::UsedPublish | Self::EventPublish => Ordering::Release,
+            Self::NotifyCheck | Self::KickRecheck => Ordering::SeqCst,
+        }
+    }
+
+    /// Issue the barrier: `core::sync::atomic::fence(self.ordering())`.
+    #[inline]
+    pub fn issue(self) {
+        fence(self.ordering());
+    }
 }
 
 impl<T: GuestMemory + ?Sized> GuestMemory for &T {
@@ -168,6 +233,10 @@ impl<T: GuestMemory + ?Sized> GuestMemory for &T {
     #[inline]
     fn check_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
         (**self).check_range(addr, len)
+    }
+    #[inline]
+    fn fence(&self, barrier: Barrier) {
+        (**self).fence(barrier);
     }
 }
 
