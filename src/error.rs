@@ -114,7 +114,7 @@ impl From<MemoryError> for QueueError {
 
 /// A queue's sticky fatal error, shared by the split and packed queues: set once by the first
 /// fatal error, returned by every later operation in O(1), cleared only by a reset.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Sticky(Option<QueueError>);
 
 impl Sticky {

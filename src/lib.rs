@@ -77,6 +77,7 @@ mod log;
 
 pub mod chain;
 pub mod error;
+mod in_flight;
 pub mod in_order;
 pub mod io;
 pub mod memory;

@@ -94,9 +94,15 @@ pub(crate) trait DrainRing<M: crate::GuestMemory + ?Sized, C> {
 }
 
 /// The drain loop shared by both ring formats: kicks off while working, at most `budget`
-/// chains, one publication, one interrupt decision; when the ring runs dry, kicks back on and
-/// a re-check so work that raced in is not slept on (SPLIT-62, PACKED-49); when the budget runs
-/// out first, kicks stay off and the report says `more` (H17).
+/// units of work, one publication, one interrupt decision; when the ring runs dry, kicks back
+/// on and a re-check so work that raced in is not slept on (SPLIT-62, PACKED-49); when the
+/// budget runs out first, the report says `more` (H17).
+///
+/// The loop is bounded by a counter it owns, never by the guest's timing: a unit of budget is
+/// one chain popped, or one re-check that reported work. A re-check that saw work the next pop
+/// does not find (a guest toggling a flags word, or `avail.idx` moving back and forth) costs a
+/// unit like a chain, so at most `budget + 1` re-enables happen per call whatever the guest
+/// does, and a call whose budget the re-checks used up reports `more`.
 pub(crate) fn drain_loop<M, C, R, F>(
     ring: &mut R,
     mem: &M,
@@ -110,12 +116,14 @@ where
     F: FnMut(&C) -> Completion,
 {
     let mut report = DrainReport::default();
+    let mut spent: usize = 0;
     ring.kicks_off(mem)?;
     loop {
-        while report.processed < budget {
+        while spent < budget {
             if !ring.pop(mem, chain)? {
                 break;
             }
+            spent = spent.saturating_add(1);
             report.processed = report.processed.saturating_add(1);
             match handle(chain) {
                 Completion::Used(len) => ring.complete(mem, chain, len)?,
@@ -126,14 +134,22 @@ where
                 }
             }
         }
-        if report.processed >= budget && ring.pending(mem)? {
+        if spent >= budget && ring.pending(mem)? {
+            // Kicks stay off: the caller was told to come back.
             report.more = true;
             break;
         }
         if !ring.kicks_on(mem)? {
             break;
         }
-        // Work raced in while re-enabling: keep going (within the budget).
+        // Work raced in while re-enabling. The re-check is charged like a chain, so a guest
+        // that shows work and takes it back cannot keep this loop turning.
+        spent = spent.saturating_add(1);
+        if spent >= budget {
+            // Kicks are on (a spurious kick is harmless); the caller comes back for the work.
+            report.more = true;
+            break;
+        }
         ring.kicks_off(mem)?;
     }
     report.completed = ring.publish(mem)?;

@@ -70,6 +70,7 @@ use crate::chain::{
     ChainBudget, ChainError, Descriptor, DescriptorIter, PackedBody, PackedTail, collect_into,
 };
 use crate::error::{QueueError, Sticky};
+use crate::in_flight::{InFlight, SPLIT_WORDS};
 use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
@@ -92,7 +93,7 @@ use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 pub const PACKED_DEFAULT_DIRECT: usize = 16;
 
 /// Where a popped packed chain lives in the ring, and who may complete it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ChainHead {
     /// Buffer ID from the chain's last descriptor.
     id: u16,
@@ -102,6 +103,8 @@ struct ChainHead {
     wrap: bool,
     /// Ring descriptors the chain occupies (1 for an indirect chain): the used-cursor skip.
     count: u16,
+    /// The queue's in-flight token for this chain (see `in_flight`).
+    token: u16,
     /// The popping queue's incarnation: a chain popped before a reset cannot be completed.
     generation: u32,
     /// The ring it was popped from: a chain cannot be completed on another queue.
@@ -116,6 +119,7 @@ impl ChainHead {
         slot: 0,
         wrap: false,
         count: 0,
+        token: 0,
         generation: 0,
         ring: GuestAddress(0),
         size: 0,
@@ -376,7 +380,7 @@ fn desc_event_fires(off_wrap: u16, old: Pos, moved: u32, size: u16) -> bool {
 /// QueueNumMax, QueueNum, QueueReady, QueueDesc/Driver/Device) and the device's two cursors
 /// with their wrap counters. Everything the guest controls is read through [`GuestMemory`] and
 /// validated on every use; the cursors are checked (`< size`) before every use too.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PackedQueue {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), ≤ 32768, any value.
     #[doc(alias = "QueueNumMax")]
@@ -418,8 +422,9 @@ pub struct PackedQueue {
     generation: u32,
     /// Ring descriptors popped and not yet completed (≤ `size`).
     in_flight_descs: u16,
-    /// Chains popped and not yet completed.
-    in_flight_chains: u16,
+    /// Tokens of the chains popped and not yet completed: a chain completed twice, or popped
+    /// before a reset, is refused in O(1).
+    in_flight: InFlight<SPLIT_WORDS>,
     /// The first used descriptor added since the last publication: its position and the flags
     /// word [`publish_used`](Self::publish_used) stores last.
     held: Option<(u16, u16)>,
@@ -464,7 +469,7 @@ impl PackedQueue {
             error: Sticky::CLEAR,
             generation: 0,
             in_flight_descs: 0,
-            in_flight_chains: 0,
+            in_flight: InFlight::new(),
             held: None,
             unpublished: 0,
             unpublished_moved: 0,
@@ -559,7 +564,7 @@ impl PackedQueue {
 
     /// Number of chains popped and not yet completed.
     pub const fn in_flight(&self) -> u16 {
-        self.in_flight_chains
+        self.in_flight.count()
     }
 
     /// Number of ring descriptors popped and not yet completed (never more than `size`).
@@ -599,6 +604,32 @@ impl PackedQueue {
     ) -> Result<u16, QueueError> {
         let addr = self.desc_addr(slot, layout::FLAGS_OFFSET)?;
         mem.load_u16(addr).map_err(|e| self.error.set(e.into()))
+    }
+
+    /// The next slot looked empty to `pop_avail`: make it safe for the device to idle (the
+    /// packed counterpart of the split ring's re-arm, PACKED-49).
+    ///
+    /// With kicks enabled and EVENT_IDX, the device is about to sleep on the device event
+    /// `off_wrap` its last pop stored, and that store may still sit in this CPU's store buffer
+    /// while the flags load that found nothing was served from before the driver's latest
+    /// publish. The driver (store the head's flags, full fence, read the device event
+    /// structure) can then read the old position and skip the kick. So the empty pop stores
+    /// the event position again, issues a full fence and re-reads the slot's flags: `Some`
+    /// with them if a chain arrived. Chosen over writing the event only in
+    /// [`enable_notification`](Self::enable_notification) because the seed loop never calls
+    /// that; it costs one store, one fence and one load per idle transition of that loop and
+    /// nothing in [`drain`](Self::drain). Without EVENT_IDX, enabled kicks leave the device
+    /// event flags at ENABLE, which nothing here rewrites, so there is nothing to order.
+    #[inline(never)]
+    fn rearm<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<u16>, QueueError> {
+        if !self.kicks_enabled || !self.features.contains(Features::EVENT_IDX) {
+            return Ok(None);
+        }
+        self.write_device_event(mem, Some(self.avail_off_wrap()), RingEventFlags::Desc)?;
+        // Full fence (store→load): the event position is visible before the slot is re-read.
+        mem.fence(Barrier::KickRecheck);
+        let flags = self.load_flags(mem, self.next_avail_idx)?;
+        Ok(is_available(flags, self.avail_wrap_counter).then_some(flags))
     }
 
     /// Whether the driver has made a chain available that `pop_avail` has not taken yet (one
@@ -670,7 +701,10 @@ impl PackedQueue {
         let start = (self.next_avail_idx, self.avail_wrap_counter);
         let mut flags = self.load_flags(mem, start.0)?;
         if !is_available(flags, start.1) {
-            return Ok(false);
+            match self.rearm(mem)? {
+                Some(f) => flags = f,
+                None => return Ok(false),
+            }
         }
         // Acquire: the chain's descriptor bodies and the flags of its later descriptors were
         // written before the driver stored this first flags word (§2.8.21.1, PACKED-19).
@@ -720,13 +754,22 @@ impl PackedQueue {
         if total > u32::from(size) {
             return Err(self.error.set(QueueError::TooManyInFlight));
         }
+        // A free token exists: fewer than `size` chains are in flight (each holds a descriptor
+        // and `total <= size` counts this one too).
+        let Some(token) = self
+            .in_flight
+            .insert_near(u32::from(start.0))
+            .and_then(|t| u16::try_from(t).ok())
+        else {
+            return Err(self.error.set(QueueError::TooManyInFlight));
+        };
+        head.token = token;
         head.count = hops;
         head.id = id;
         let next = advance(start, hops, size);
         self.next_avail_idx = next.0;
         self.avail_wrap_counter = next.1;
         self.in_flight_descs = self.in_flight_descs.saturating_add(hops);
-        self.in_flight_chains = self.in_flight_chains.saturating_add(1);
         if self.kicks_enabled && self.features.contains(Features::EVENT_IDX) {
             // Keep the event position current (the packed analogue of SPLIT-61): the driver
             // kicks again only once it makes available what the device has not taken yet.
@@ -829,7 +872,7 @@ impl PackedQueue {
             || chain.ring != self.desc_ring_addr
             || chain.count == 0
             || chain.count > self.in_flight_descs
-            || self.in_flight_chains == 0
+            || !self.in_flight.contains(u32::from(chain.token))
         {
             return Err(QueueError::HeadNotInFlight { head: chain.id });
         }
@@ -890,9 +933,16 @@ impl PackedQueue {
     /// cursor skips the chain's descriptors (1 for an indirect chain, PACKED-26).
     ///
     /// Errors without writing anything: [`QueueError::HeadNotInFlight`] for a chain popped
-    /// before a reset or from another ring, or one whose descriptors are no longer accounted in
-    /// flight (completing a chain twice is a device bug this catches only when the counts no
-    /// longer add up).
+    /// before a reset or from another ring, or one already completed (each popped chain holds
+    /// an in-flight token, checked and released here in O(1)). As with split heads, a stale
+    /// copy of a chain whose token has since been handed to a newer chain cannot be told apart
+    /// from that chain; tokens follow the ring slots, so that takes a copy kept for a lap.
+    ///
+    /// `bytes_written` is written as given: the queue does not walk the chain again at
+    /// completion (that would read the descriptors a second time, and the guest may have
+    /// changed them), so it cannot clamp it. Take it from
+    /// [`ChainWriter::bytes_written`](crate::io::ChainWriter::bytes_written), which never exceeds
+    /// the chain's writable bytes.
     pub fn add_used<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
@@ -913,7 +963,7 @@ impl PackedQueue {
         let count = chain.count;
         self.write_used(mem, chain.id, bytes_written, count)?;
         self.in_flight_descs = self.in_flight_descs.saturating_sub(count);
-        self.in_flight_chains = self.in_flight_chains.saturating_sub(1);
+        self.in_flight.remove(u32::from(chain.token));
         Ok(())
     }
 
@@ -949,15 +999,11 @@ impl PackedQueue {
             }
             expect = advance(expect, c.count, self.size);
         }
-        let chains = u16::try_from(batch.len()).unwrap_or(u16::MAX);
-        if chains > self.in_flight_chains {
-            return Err(QueueError::HeadNotInFlight {
-                head: last.head_index(),
-            });
-        }
         self.write_used(mem, last.head_index(), bytes_written, total)?;
         self.in_flight_descs = self.in_flight_descs.saturating_sub(total);
-        self.in_flight_chains = self.in_flight_chains.saturating_sub(chains);
+        for c in batch {
+            self.in_flight.remove(u32::from(c.head.token));
+        }
         Ok(())
     }
 
@@ -1134,7 +1180,9 @@ impl PackedQueue {
     ///
     /// Kicks are disabled while draining. When the ring runs dry they are re-enabled and the
     /// ring re-checked, so work that raced in is processed rather than slept on. When the
-    /// budget runs out first, kicks stay disabled and the report says `more` (H17). On a
+    /// budget runs out first, kicks stay disabled and the report says `more` (H17). A
+    /// re-check that reports work costs one unit of `budget` like a chain (a guest toggling
+    /// the next slot's flags cannot keep the loop turning). On a
     /// broken queue this returns the sticky error in O(1).
     ///
     /// Chains are popped into default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers); use

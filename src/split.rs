@@ -26,69 +26,12 @@ use core::fmt;
 
 use crate::chain::{ChainError, DescriptorChain};
 use crate::error::{QueueError, Sticky};
+use crate::in_flight::{InFlight, SPLIT_WORDS};
 use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
 use crate::wire::{
     AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
 };
-
-const IN_FLIGHT_WORDS: usize = MAX_QUEUE_SIZE as usize / 64;
-
-/// One bit per descriptor head: set from `pop_avail` until `push_used`.
-#[derive(Clone)]
-struct InFlight {
-    bits: [u64; IN_FLIGHT_WORDS],
-    count: u16,
-}
-
-impl InFlight {
-    const fn new() -> Self {
-        Self {
-            bits: [0; IN_FLIGHT_WORDS],
-            count: 0,
-        }
-    }
-
-    /// (word, mask) of `head`; `head < 32768` keeps the word index in bounds.
-    #[inline]
-    fn slot(head: u16) -> (usize, u64) {
-        (usize::from(head / 64), 1u64 << (head % 64))
-    }
-
-    #[inline]
-    fn contains(&self, head: u16) -> bool {
-        let (w, m) = Self::slot(head);
-        self.bits.get(w).is_some_and(|b| b & m != 0)
-    }
-
-    /// Mark `head` in flight; `false` if it already was (or is out of range).
-    #[inline]
-    fn insert(&mut self, head: u16) -> bool {
-        let (w, m) = Self::slot(head);
-        match self.bits.get_mut(w) {
-            Some(b) if *b & m == 0 => {
-                *b |= m;
-                self.count = self.count.saturating_add(1);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Clear `head`; `false` if it was not in flight.
-    #[inline]
-    fn remove(&mut self, head: u16) -> bool {
-        let (w, m) = Self::slot(head);
-        match self.bits.get_mut(w) {
-            Some(b) if *b & m != 0 => {
-                *b &= !m;
-                self.count = self.count.saturating_sub(1);
-                true
-            }
-            _ => false,
-        }
-    }
-}
 
 /// The device side of one split virtqueue (§2.7).
 ///
@@ -104,7 +47,7 @@ impl InFlight {
 /// `avail.idx`, what it last published), and a moved `next_used_idx` would publish used
 /// elements that were never written. A moved `next_avail_idx` is detected and makes the queue
 /// read `avail.idx` afresh.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Queue {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), a power of two ≤ 32768.
     #[doc(alias = "QueueNumMax")]
@@ -152,7 +95,7 @@ pub struct Queue {
     unsignalled: u32,
     /// The device wants available-buffer notifications (kicks).
     kicks_enabled: bool,
-    in_flight: InFlight,
+    in_flight: InFlight<SPLIT_WORDS>,
 }
 
 impl fmt::Debug for Queue {
@@ -168,7 +111,7 @@ impl fmt::Debug for Queue {
             .field("next_used_idx", &self.next_used_idx)
             .field("features", &self.features)
             .field("error", &self.error.get())
-            .field("in_flight", &self.in_flight.count)
+            .field("in_flight", &self.in_flight.count())
             .finish()
     }
 }
@@ -181,7 +124,7 @@ const fn ring_offset(slot: u16, entry_size: u64) -> u64 {
 }
 
 /// The part of a queue's configuration that [`Queue::is_valid`] judges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Config {
     size: u16,
     max_size: u16,
@@ -310,7 +253,7 @@ impl Queue {
 
     /// Number of chains popped and not yet completed.
     pub const fn in_flight(&self) -> u16 {
-        self.in_flight.count
+        self.in_flight.count()
     }
 
     /// Common entry check: O(1) for a broken or unconfigured queue, and a handful of
@@ -389,6 +332,35 @@ impl Queue {
         Ok(pending)
     }
 
+    /// The ring looked empty to `pop_avail`: make it safe for the device to idle.
+    ///
+    /// With kicks enabled and EVENT_IDX, the device is about to sleep on the `avail_event` its
+    /// last pop stored, and that store may still sit in this CPU's store buffer while the read
+    /// of `avail.idx` that found nothing was served from before the driver's latest publish.
+    /// The driver (store `avail.idx`, full fence, read `avail_event`, SPLIT-61) can then read
+    /// the old `avail_event`, skip the kick, and the queue stalls for good. So the empty pop
+    /// re-arms: store `avail_event = next_avail_idx`, full fence, read `avail.idx` again
+    /// (SPLIT-62); `true` if work arrived.
+    ///
+    /// Chosen over writing `avail_event` only in
+    /// [`enable_notification`](Self::enable_notification) because the seed loop (`while let
+    /// Some(c) = q.pop_avail(mem)? { .. }`, then sleep) never calls that, and must still be
+    /// safe by construction. The cost is one store, one fence and one load per idle transition
+    /// of that loop, and nothing in [`drain`](Self::drain), which disables kicks while it works
+    /// and re-arms through `enable_notification` instead. Without EVENT_IDX, enabled kicks leave
+    /// the used flags at 0, a value the device never rewrites here, so there is no store to
+    /// order and nothing to do.
+    #[inline(never)]
+    fn rearm<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
+        if !self.kicks_enabled || !self.features.contains(Features::EVENT_IDX) {
+            return Ok(false);
+        }
+        self.store_avail_event(mem, self.next_avail_idx)?;
+        // Full fence (store→load): `avail_event` is visible before `avail.idx` is read again.
+        mem.fence(Barrier::KickRecheck);
+        Ok(self.pending(mem)? != 0)
+    }
+
     /// Whether the driver has made chains available that `pop_avail` has not taken yet.
     pub fn has_pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.usable()?;
@@ -401,6 +373,11 @@ impl Queue {
     /// [`push_used`](Self::push_used). Reads `avail.idx` once per batch of available chains and
     /// one ring entry per chain; the descriptors are read when the chain is walked.
     ///
+    /// Safe to idle on: when kicks are enabled under EVENT_IDX, an `Ok(None)` has stored
+    /// `avail_event`, issued a full fence and read `avail.idx` again (SPLIT-61, SPLIT-62), so
+    /// the loop `while let Some(c) = q.pop_avail(mem)? { .. }` followed by waiting for the next
+    /// kick never sleeps on work the driver will not kick for.
+    ///
     /// Fatal errors (see [`QueueError`]) are raised before the offending entry is consumed.
     #[inline]
     pub fn pop_avail<M: GuestMemory + ?Sized>(
@@ -408,10 +385,10 @@ impl Queue {
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
         self.usable()?;
-        if self.pending(mem)? == 0 {
+        if self.pending(mem)? == 0 && !self.rearm(mem)? {
             return Ok(None);
         }
-        if self.in_flight.count >= self.size {
+        if self.in_flight.count() >= self.size {
             return Err(self.error.set(QueueError::TooManyInFlight));
         }
         // `size` is a non-zero power of two (`usable` checked), so masking is the modulo.
@@ -424,7 +401,7 @@ impl Queue {
         if head >= self.size {
             return Err(self.error.set(QueueError::HeadOutOfRange { head }));
         }
-        if self.in_flight.contains(head) {
+        if self.in_flight.contains(u32::from(head)) {
             return Err(self.error.set(QueueError::DuplicateHead { head }));
         }
         let next = self.next_avail_idx.wrapping_add(1);
@@ -434,7 +411,7 @@ impl Queue {
             // a failure leaves the entry in the ring.
             self.store_avail_event(mem, next)?;
         }
-        self.in_flight.insert(head);
+        self.in_flight.insert(u32::from(head));
         self.next_avail_idx = next;
         trace!("virtq: popped head {}", head);
         Ok(Some(DescriptorChain::new(
@@ -449,7 +426,12 @@ impl Queue {
     /// [`publish_used`](Self::publish_used). Use for batched completions.
     ///
     /// `bytes_written` is the number of bytes the device wrote into the chain's writable part
-    /// (§2.7.8: never more than it wrote; 0 for a read-only chain).
+    /// (§2.7.8: never more than it wrote; 0 for a read-only chain). It is written as given: the
+    /// queue knows a chain only by its head and does not walk it again at completion (that
+    /// would read the descriptors a second time, and the guest may have changed them since),
+    /// so it cannot clamp it. Take it from
+    /// [`ChainWriter::bytes_written`](crate::io::ChainWriter::bytes_written), which never
+    /// exceeds the chain's writable bytes.
     #[inline]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
@@ -472,7 +454,7 @@ impl Queue {
         if head_index >= self.size {
             return Err(QueueError::InvalidUsedHead { head: head_index });
         }
-        if !self.in_flight.contains(head_index) {
+        if !self.in_flight.contains(u32::from(head_index)) {
             return Err(QueueError::HeadNotInFlight { head: head_index });
         }
         let slot = self.next_used_idx & self.size.wrapping_sub(1);
@@ -484,7 +466,7 @@ impl Queue {
         if let Err(e) = mem.write_obj(addr, &elem) {
             return Err(self.error.set(e.into()));
         }
-        self.in_flight.remove(head_index);
+        self.in_flight.remove(u32::from(head_index));
         self.next_used_idx = self.next_used_idx.wrapping_add(1);
         Ok(())
     }
@@ -535,12 +517,12 @@ impl Queue {
     /// Retire `head` from the in-flight set without writing a used element (its completion is
     /// covered by an in-order batch element).
     pub(crate) fn retire(&mut self, head: u16) -> bool {
-        self.in_flight.remove(head)
+        self.in_flight.remove(u32::from(head))
     }
 
     /// Whether `head` is in flight.
     pub(crate) fn is_in_flight(&self, head: u16) -> bool {
-        self.in_flight.contains(head)
+        self.in_flight.contains(u32::from(head))
     }
 
     /// Write one used element for a whole in-order batch (§2.7.9): id `last_head`, length
@@ -675,7 +657,10 @@ impl Queue {
     /// ring re-checked, so work that raced in is processed rather than slept on. When the
     /// budget runs out first, kicks stay disabled and the report says `more`: the caller must
     /// schedule another call (a guest refilling as fast as the device consumes cannot starve
-    /// the hypervisor, H17). On a broken queue this returns the sticky error in O(1).
+    /// the hypervisor, H17). A re-check that reports work costs one unit of `budget` like a
+    /// chain, so the loop ends after at most `budget` units whatever the guest does (a guest
+    /// that shows work and takes it back gets `more`, not a spinning hypervisor). On a broken
+    /// queue this returns the sticky error in O(1).
     ///
     /// `handle` gets each chain and says what to do with it ([`Completion`]).
     pub fn drain<M, F>(
@@ -735,15 +720,5 @@ mod tests {
             let p = floor_pow2(v);
             assert!(p.is_power_of_two() && p <= v && u32::from(p) * 2 > u32::from(v));
         }
-    }
-
-    #[test]
-    fn in_flight_bitmap_counts() {
-        let mut f = InFlight::new();
-        assert!(f.insert(0) && f.insert(32767) && !f.insert(0));
-        assert_eq!(f.count, 2);
-        assert!(f.remove(0) && !f.remove(0) && !f.contains(0) && f.contains(32767));
-        assert!(!f.insert(40000) && !f.remove(40000));
-        assert_eq!(f.count, 1);
     }
 }

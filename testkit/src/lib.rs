@@ -9,10 +9,12 @@
 //! hypervisor image.
 
 pub mod devices;
+pub mod explore;
 pub mod guest;
 pub mod memory;
 pub mod model;
 pub mod packed;
+pub mod scripted;
 pub mod split;
 
 pub use memory::{Access, AccessKind, TestMemory};
