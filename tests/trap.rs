@@ -10,7 +10,9 @@
 //!   (unsupported instruction, access past the window, re-entrant access, stray fault) in a
 //!   child process. No allocation ever happens inside the handler.
 
-use virtq_testkit::trap::x86::{DecodeError, Extend, Insn, MemOperand, Op, RegOperand, decode};
+use virtq_testkit::trap::x86::{
+    DecodeError, Extend, FlagOp, Insn, MemOperand, Op, Operand, RegOperand, decode,
+};
 
 const TABLE: &str = include_str!("data/x86_table.txt");
 
@@ -117,15 +119,39 @@ fn expected(asm: &str, len: usize) -> Insn {
             (1u64 << (8 * w)) - 1
         }
     };
+    let flag_op = match mnemonic {
+        "cmp" => Some(FlagOp::Cmp),
+        "test" => Some(FlagOp::Test),
+        _ => None,
+    };
+    let other = |s: &str, width| match reg(s) {
+        Some(r) => Operand::Reg(r),
+        None => Operand::Imm((int(s) as u64) & mask(width)),
+    };
     let (width, mem, op) = if a.contains(" ptr ") {
         let (width, m) = mem(a);
-        let op = match reg(b) {
-            Some(src) => Op::StoreReg { src },
-            None => Op::StoreImm {
-                value: (int(b) as u64) & mask(width),
+        let op = match (flag_op, other(b, width)) {
+            (Some(op), o) => Op::Flags {
+                op,
+                other: o,
+                memory_first: true,
             },
+            (None, Operand::Reg(src)) => Op::StoreReg { src },
+            (None, Operand::Imm(value)) => Op::StoreImm { value },
         };
         (width, m, op)
+    } else if let Some(op) = flag_op {
+        let (width, m) = mem(b);
+        let other = Operand::Reg(reg(a).unwrap());
+        (
+            width,
+            m,
+            Op::Flags {
+                op,
+                other,
+                memory_first: false,
+            },
+        )
     } else {
         let (width, m) = mem(b);
         let extend = match mnemonic {
@@ -175,9 +201,9 @@ fn decoder_agrees_with_the_assembler() {
         ));
         n += 1;
     }
-    assert!(n > 400, "table has {n} entries");
-    // mov load/store × 4 widths, movzx/movsx × 2 source widths, movsxd.
-    assert_eq!(forms.len(), 8 + 4 + 1, "{forms:?}");
+    assert!(n > 600, "table has {n} entries");
+    // mov load/store × 4 widths, movzx/movsx × 2 source widths, movsxd, cmp/test × 4 widths.
+    assert_eq!(forms.len(), 8 + 4 + 1 + 8, "{forms:?}");
 }
 
 /// Every register appears in every width of every form: the table is what it claims.
@@ -190,7 +216,11 @@ fn table_covers_every_register_and_mode() {
         let r = match i.op {
             Op::Load { dst, .. } => Some(dst),
             Op::StoreReg { src } => Some(src),
-            Op::StoreImm { .. } => None,
+            Op::Flags {
+                other: Operand::Reg(r),
+                ..
+            } => Some(r),
+            Op::StoreImm { .. } | Op::Flags { .. } => None,
         };
         if let Some(r) = r {
             seen.insert((asm.split(' ').next().unwrap(), r.gpr, r.width, r.high_byte));
@@ -210,6 +240,10 @@ fn table_covers_every_register_and_mode() {
             assert!(seen.contains(&("movsx", g, w, false)), "movsx r{g}/{w}");
         }
         assert!(seen.contains(&("movsxd", g, 8, false)), "movsxd r{g}");
+        for w in [1u8, 2, 4, 8] {
+            assert!(seen.contains(&("cmp", g, w, false)), "cmp r{g} width {w}");
+            assert!(seen.contains(&("test", g, w, false)), "test r{g} width {w}");
+        }
     }
     for g in 0..4u8 {
         assert!(
@@ -293,24 +327,28 @@ fn non_canonical_encodings() {
 fn decoder_refusals() {
     use DecodeError::*;
     let cases: &[(&[u8], DecodeError)] = &[
-        (&[0x8b, 0xc0], RegisterOperand),          // mov eax, eax
-        (&[0x88, 0xe0], RegisterOperand),          // mov al, ah
-        (&[0xf0, 0x89, 0x00], Prefix(0xf0)),       // lock
-        (&[0xf3, 0x8b, 0x00], Prefix(0xf3)),       // rep
-        (&[0xf2, 0x8b, 0x00], Prefix(0xf2)),       // repne
-        (&[0x64, 0x8b, 0x00], Prefix(0x64)),       // fs:
-        (&[0x65, 0x8b, 0x00], Prefix(0x65)),       // gs:
-        (&[0x2e, 0x8b, 0x00], Prefix(0x2e)),       // cs:
-        (&[0x67, 0x8b, 0x00], Prefix(0x67)),       // addr32
-        (&[0x48, 0x66, 0x8b, 0x00], Prefix(0x66)), // REX not last
-        (&[0x48, 0x48, 0x8b, 0x00], Prefix(0x48)), // two REX
-        (&[0x01, 0x00], Opcode(0x01)),             // add [rax], eax
-        (&[0x83, 0x00, 0x01], Opcode(0x83)),       // add dword [rax], 1
-        (&[0x39, 0x00], Opcode(0x39)),             // cmp [rax], eax
-        (&[0x87, 0x00], Opcode(0x87)),             // xchg [rax], eax
-        (&[0x63, 0x00], Opcode(0x63)),             // movsxd without REX.W
-        (&[0x0f, 0xaf, 0x00], Opcode0F(0xaf)),     // imul eax, [rax]
-        (&[0x0f, 0x10, 0x00], Opcode0F(0x10)),     // movups xmm0, [rax]
+        (&[0x8b, 0xc0], RegisterOperand),             // mov eax, eax
+        (&[0x88, 0xe0], RegisterOperand),             // mov al, ah
+        (&[0xf0, 0x89, 0x00], Prefix(0xf0)),          // lock
+        (&[0xf3, 0x8b, 0x00], Prefix(0xf3)),          // rep
+        (&[0xf2, 0x8b, 0x00], Prefix(0xf2)),          // repne
+        (&[0x64, 0x8b, 0x00], Prefix(0x64)),          // fs:
+        (&[0x65, 0x8b, 0x00], Prefix(0x65)),          // gs:
+        (&[0x2e, 0x8b, 0x00], Prefix(0x2e)),          // cs:
+        (&[0x67, 0x8b, 0x00], Prefix(0x67)),          // addr32
+        (&[0x48, 0x66, 0x8b, 0x00], Prefix(0x66)),    // REX not last
+        (&[0x48, 0x48, 0x8b, 0x00], Prefix(0x48)),    // two REX
+        (&[0x01, 0x00], Opcode(0x01)),                // add [rax], eax
+        (&[0x83, 0x00, 0x01], BadExtension(0)),       // add dword [rax], 1
+        (&[0x81, 0x08, 1, 0, 0, 0], BadExtension(1)), // or dword [rax], 1
+        (&[0x80, 0x30, 1], BadExtension(6)),          // xor byte [rax], 1
+        (&[0xf7, 0x18], BadExtension(3)),             // neg dword [rax]
+        (&[0xf6, 0x08, 1], BadExtension(1)),          // test alias /1
+        (&[0x3d, 1, 0, 0, 0], Opcode(0x3d)),          // cmp eax, imm32 (no memory)
+        (&[0x87, 0x00], Opcode(0x87)),                // xchg [rax], eax
+        (&[0x63, 0x00], Opcode(0x63)),                // movsxd without REX.W
+        (&[0x0f, 0xaf, 0x00], Opcode0F(0xaf)),        // imul eax, [rax]
+        (&[0x0f, 0x10, 0x00], Opcode0F(0x10)),        // movups xmm0, [rax]
         (&[0xc7, 0x08, 1, 0, 0, 0], BadExtension(1)),
         (&[0xc6, 0x38, 1], BadExtension(7)),
         (&[], Truncated),
@@ -332,7 +370,8 @@ fn decoder_refusals() {
     }
 }
 
-/// The register write rules of x86-64 and the widening of MOVZX/MOVSX.
+/// The register write rules of x86-64, the widening of MOVZX/MOVSX, and the flags of
+/// CMP/TEST.
 #[test]
 fn register_write_back_rules() {
     const OLD: u64 = 0xAAAA_AAAA_AAAA_AAAA;
@@ -370,6 +409,27 @@ fn register_write_back_rules() {
     assert_eq!(load(&[0x48, 0x63, 0x00], 0x7FFF_FFFF), 0x7FFF_FFFF);
     assert_eq!(load(&[0x0f, 0xbe, 0x00], 0x7F), 0x7F);
     assert_eq!(decode(&[0x89, 0x00]).unwrap().load_value(1), None);
+    // CMP/TEST flags (the live test checks them against the CPU; these run everywhere).
+    use virtq_testkit::trap::x86::{AF, CF, OF, PF, SF, ZF};
+    let flags = |bytes: &[u8], rflags, mem, reg| {
+        decode(bytes).unwrap().flags(rflags, mem, |_| reg).unwrap()
+    };
+    let cmp32 = [0x39, 0x00]; // cmp [rax], eax
+    assert_eq!(flags(&cmp32, 0x202, 0, 0), 0x202 | ZF | PF);
+    assert_eq!(flags(&cmp32, 0x202, 0, 1), 0x202 | CF | SF | PF | AF);
+    assert_eq!(flags(&cmp32, 0x202 | ZF | OF, 5, 3), 0x202);
+    // cmp byte [rax], al with 0x80 - 1: signed overflow.
+    assert_eq!(flags(&[0x38, 0x00], 0, 0x80, 1), OF | AF);
+    // cmp eax, [rax] subtracts memory from the register.
+    assert_eq!(flags(&[0x3b, 0x00], 0, 0, 1), 0);
+    assert_eq!(flags(&[0x3b, 0x00], 0, 1, 0), CF | SF | PF | AF);
+    // test [rax], eax: CF and OF cleared, AF kept.
+    assert_eq!(flags(&[0x85, 0x00], CF | OF | AF, 0xF0, 0x30), AF | PF);
+    assert_eq!(flags(&[0x85, 0x00], 0, 0xF0, 0x0F), ZF | PF);
+    // cmp dword [rax], 0x74726976 (the magic-value check) on a match.
+    let magic = [0x81, 0x38, 0x76, 0x69, 0x72, 0x74];
+    assert_eq!(flags(&magic, 0, 0x7472_6976, 0), ZF | PF);
+    assert_eq!(decode(&[0x8b, 0x00]).unwrap().flags(0, 0, |_| 0), None);
     assert_eq!(
         decode(&[0x88, 0x20]).unwrap().store_value(|_| 0x5A00),
         Some(0x5A),
@@ -399,6 +459,7 @@ mod live {
     use std::arch::asm;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    use virtq_testkit::trap::x86::{AF, STATUS_FLAGS};
     use virtq_testkit::trap::{TrapHal, TrapTarget, TrapWindow, in_handler};
 
     /// Counts allocations made inside the trap handler (there must be none).
@@ -868,6 +929,164 @@ mod live {
         no_handler_allocations();
     }
 
+    /// Values around every sign and carry boundary of a width.
+    fn edge_values(width: u8) -> Vec<u64> {
+        let bits = 8 * u32::from(width);
+        let m = if width == 8 {
+            u64::MAX
+        } else {
+            (1 << bits) - 1
+        };
+        let top = 1u64 << (bits - 1);
+        let mut v = vec![
+            0,
+            1,
+            2,
+            0x0F,
+            0x10,
+            0x7F,
+            0x80,
+            0xFF,
+            top - 1,
+            top,
+            top + 1,
+            m,
+            m - 1,
+        ];
+        v.extend([
+            0x5A5A_5A5A_5A5A_5A5A,
+            0x1234_5678_9ABC_DEF0,
+            0x8000_0000,
+            0x7FFF_FFFF,
+        ]);
+        v.into_iter().map(|x| x & m).collect()
+    }
+
+    /// Status flags the CPU produces for `$insn` with `[{p}]` pointing at `p` and `{b}` = b.
+    macro_rules! flags_of {
+        ($insn:literal, $p:expr, $b:expr) => {{
+            let f: u64;
+            // SAFETY: `p` is readable memory or a trap window; only flags and `f` change.
+            unsafe {
+                asm!(
+                    "xor {f:e}, {f:e}",
+                    $insn,
+                    "pushfq",
+                    "pop {f}",
+                    p = in(reg) $p,
+                    b = in(reg) $b,
+                    f = out(reg) f,
+                )
+            };
+            f & STATUS_FLAGS
+        }};
+        ($insn:literal, $p:expr) => {{
+            let f: u64;
+            // SAFETY: as above.
+            unsafe { asm!("xor {f:e}, {f:e}", $insn, "pushfq", "pop {f}", p = in(reg) $p, f = out(reg) f) };
+            f & STATUS_FLAGS
+        }};
+    }
+
+    /// CMP and TEST on a trapped load (what optimised code folds `read() == x` into) set the
+    /// same status flags as the CPU does on ordinary memory, for every width, both operand
+    /// orders, register and immediate forms, over edge values.
+    #[test]
+    fn compare_flags_match_the_cpu() {
+        let w = TrapWindow::new(LEN, Bytes::new());
+        let trap = w.base().as_ptr();
+        let mut plain = Box::new([0u8; 8]);
+        let mut checked = 0;
+        for width in [1u8, 2, 4, 8] {
+            for a in edge_values(width) {
+                plain[..].copy_from_slice(&a.to_le_bytes());
+                w.with(|t| t.mem[..8].copy_from_slice(&a.to_le_bytes()));
+                let mem = plain.as_ptr();
+                for b in edge_values(width) {
+                    let both = |f: &dyn Fn(*const u8) -> u64| (f(mem), f(trap));
+                    let pairs = match width {
+                        1 => [
+                            both(&|p| flags_of!("cmp byte ptr [{p}], {b:l}", p, b)),
+                            both(&|p| flags_of!("cmp {b:l}, byte ptr [{p}]", p, b)),
+                            both(&|p| flags_of!("test byte ptr [{p}], {b:l}", p, b) & !AF),
+                        ],
+                        2 => [
+                            both(&|p| flags_of!("cmp word ptr [{p}], {b:x}", p, b)),
+                            both(&|p| flags_of!("cmp {b:x}, word ptr [{p}]", p, b)),
+                            both(&|p| flags_of!("test word ptr [{p}], {b:x}", p, b) & !AF),
+                        ],
+                        4 => [
+                            both(&|p| flags_of!("cmp dword ptr [{p}], {b:e}", p, b)),
+                            both(&|p| flags_of!("cmp {b:e}, dword ptr [{p}]", p, b)),
+                            both(&|p| flags_of!("test dword ptr [{p}], {b:e}", p, b) & !AF),
+                        ],
+                        _ => [
+                            both(&|p| flags_of!("cmp qword ptr [{p}], {b}", p, b)),
+                            both(&|p| flags_of!("cmp {b}, qword ptr [{p}]", p, b)),
+                            both(&|p| flags_of!("test qword ptr [{p}], {b}", p, b) & !AF),
+                        ],
+                    };
+                    for (i, (cpu, emulated)) in pairs.into_iter().enumerate() {
+                        assert_eq!(emulated, cpu, "form {i} width {width} a {a:#x} b {b:#x}");
+                        checked += 1;
+                    }
+                }
+                // Immediate forms (imm8 sign-extended, imm32 sign-extended, 8/16-bit imm).
+                let imm = [
+                    (
+                        flags_of!("cmp byte ptr [{p}], 0x80", mem),
+                        flags_of!("cmp byte ptr [{p}], 0x80", trap),
+                    ),
+                    (
+                        flags_of!("cmp word ptr [{p}], 0x8000", mem),
+                        flags_of!("cmp word ptr [{p}], 0x8000", trap),
+                    ),
+                    (
+                        flags_of!("cmp word ptr [{p}], -2", mem),
+                        flags_of!("cmp word ptr [{p}], -2", trap),
+                    ),
+                    (
+                        flags_of!("cmp dword ptr [{p}], 0x7f", mem),
+                        flags_of!("cmp dword ptr [{p}], 0x7f", trap),
+                    ),
+                    (
+                        flags_of!("cmp dword ptr [{p}], 0x74726976", mem),
+                        flags_of!("cmp dword ptr [{p}], 0x74726976", trap),
+                    ),
+                    (
+                        flags_of!("cmp qword ptr [{p}], -1", mem),
+                        flags_of!("cmp qword ptr [{p}], -1", trap),
+                    ),
+                    (
+                        flags_of!("cmp qword ptr [{p}], -0x80000000", mem),
+                        flags_of!("cmp qword ptr [{p}], -0x80000000", trap),
+                    ),
+                    (
+                        flags_of!("test byte ptr [{p}], 0x81", mem) & !AF,
+                        flags_of!("test byte ptr [{p}], 0x81", trap) & !AF,
+                    ),
+                    (
+                        flags_of!("test dword ptr [{p}], 0x80000000", mem) & !AF,
+                        flags_of!("test dword ptr [{p}], 0x80000000", trap) & !AF,
+                    ),
+                    (
+                        flags_of!("test qword ptr [{p}], -0x100", mem) & !AF,
+                        flags_of!("test qword ptr [{p}], -0x100", trap) & !AF,
+                    ),
+                ];
+                for (i, (cpu, emulated)) in imm.into_iter().enumerate() {
+                    assert_eq!(emulated, cpu, "immediate form {i}, memory {a:#x}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 2000);
+        assert!(w.counts().reads >= checked);
+        // Flag-setting loads never write the target.
+        assert_eq!(w.counts().writes, 0);
+        no_handler_allocations();
+    }
+
     /// Several windows on several threads at once, and one window shared by two threads: each
     /// access reaches its own window, and the shared one serialises them.
     #[test]
@@ -974,14 +1193,21 @@ mod live {
         let w = TrapWindow::new(0x100, Bytes::new());
         let p = w.base().as_ptr();
         let (sig, err) = in_child(|| {
-            // SAFETY: the child dies on this instruction.
-            unsafe { asm!("add dword ptr [{p}], 1", p = in(reg) p, options(nostack)) };
+            // SAFETY: the child dies on this instruction (the base register is fixed so the
+            // message's bytes are known).
+            unsafe { asm!("add dword ptr [rax], 1", in("rax") p, options(nostack)) };
         });
         assert_eq!(sig, libc::SIGABRT, "{err}");
         assert!(
-            err.contains("unsupported instruction") && err.contains("83 00 01"),
+            err.contains("unsupported instruction") && err.contains("bytes 83 00 01"),
             "{err}"
         );
+        let (sig, err) = in_child(|| {
+            // SAFETY: as above (an atomic exchange: neither a load nor a store alone).
+            unsafe { asm!("xchg dword ptr [{p}], {v:e}", p = in(reg) p, v = in(reg) 1u64) };
+        });
+        assert_eq!(sig, libc::SIGABRT, "{err}");
+        assert!(err.contains("opcode 0x87"), "{err}");
 
         let (sig, err) = in_child(|| {
             // SAFETY: as above: past the 0x100-byte window, in its page.

@@ -53,6 +53,20 @@ def lines():
                 yield f"{op} {r}, {SIZE[src_w]} ptr {mode()}"
     for r in R64:
         yield f"movsxd {r}, dword ptr {mode()}"
+    # Flag-setting loads: what an optimising compiler folds `volatile_read() == x` into.
+    for w in (1, 2, 4, 8):
+        for r in REGS[w] + (HIGH8 if w == 1 else []):
+            legacy = r in HIGH8
+            yield f"cmp {SIZE[w]} ptr {mode(legacy)}, {r}"
+            yield f"cmp {r}, {SIZE[w]} ptr {mode(legacy)}"
+            yield f"test {SIZE[w]} ptr {mode(legacy)}, {r}"
+    cmp_imms = {1: ["0", "0x7f", "0xff", "-128"], 2: ["1", "-1", "0x1234", "0x8000"],
+                4: ["0", "0x7f", "0x80", "-0x81", "0x74726976"],
+                8: ["-1", "0x7f", "0x12345678", "-0x80000000"]}
+    for w, vs in cmp_imms.items():
+        for v in vs:
+            yield f"cmp {SIZE[w]} ptr {mode()}, {v}"
+            yield f"test {SIZE[w]} ptr {mode()}, {v}"
     for b in R64:
         yield f"mov eax, dword ptr [{b}]"
         yield f"mov ecx, dword ptr [{b}+0x11]"

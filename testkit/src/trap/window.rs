@@ -16,8 +16,9 @@
 //!    Anything it cannot decode aborts the process with the instruction bytes.
 //! 4. A load's value is written to the destination register in the saved context with the
 //!    x86-64 rules (32-bit writes clear bits 32–63; 8- and 16-bit writes keep the rest;
-//!    `MOVZX`/`MOVSX` widen), `rip` moves past the instruction, and the handler returns: the
-//!    guest code continues as if the device had answered on the bus.
+//!    `MOVZX`/`MOVSX` widen); a `CMP`/`TEST` of the loaded value sets the status flags
+//!    instead. `rip` moves past the instruction, and the handler returns: the guest code
+//!    continues as if the device had answered on the bus.
 //!
 //! # Signal context
 //!
@@ -525,13 +526,23 @@ fn complete(slot: &Slot, addr: usize, gregs: &mut [libc::greg_t; 23]) {
     let f: Dispatch = unsafe { std::mem::transmute(slot.dispatch.load(Ordering::Relaxed)) };
     // SAFETY: the slot is claimed by this thread.
     let loaded = unsafe { f(ctx, offset, insn.width, store) };
-    if let x86::Op::Load { dst, .. } = insn.op {
-        slot.reads.fetch_add(1, Ordering::Relaxed);
-        let value = insn.load_value(loaded).unwrap_or(0);
-        let r = greg(dst.gpr);
-        gregs[r] = dst.put(gregs[r] as u64, value) as libc::greg_t;
-    } else {
-        slot.writes.fetch_add(1, Ordering::Relaxed);
+    match insn.op {
+        x86::Op::Load { dst, .. } => {
+            slot.reads.fetch_add(1, Ordering::Relaxed);
+            let value = insn.load_value(loaded).unwrap_or(0);
+            let r = greg(dst.gpr);
+            gregs[r] = dst.put(gregs[r] as u64, value) as libc::greg_t;
+        }
+        x86::Op::Flags { .. } => {
+            slot.reads.fetch_add(1, Ordering::Relaxed);
+            let efl = libc::REG_EFL as usize;
+            let old = gregs[efl] as u64;
+            let new = insn.flags(old, loaded, |g| gregs[greg(g)] as u64);
+            gregs[efl] = new.unwrap_or(old) as libc::greg_t;
+        }
+        x86::Op::StoreReg { .. } | x86::Op::StoreImm { .. } => {
+            slot.writes.fetch_add(1, Ordering::Relaxed);
+        }
     }
     gregs[libc::REG_RIP as usize] = next as libc::greg_t;
 }

@@ -16,6 +16,13 @@
 //! | `0F B6 /r`, `0F B7 /r` | `MOVZX r, r/m8`, `MOVZX r, r/m16` | load 1, 2 |
 //! | `0F BE /r`, `0F BF /r` | `MOVSX r, r/m8`, `MOVSX r, r/m16` | load 1, 2 |
 //! | `REX.W 63 /r` | `MOVSXD r64, r/m32` | load 4 |
+//! | `38`, `39`, `3A`, `3B /r` | `CMP r/m, r` and `CMP r, r/m` | load, flags |
+//! | `80 /7 ib`, `81 /7 iw/id`, `83 /7 ib` | `CMP r/m, imm` | load, flags |
+//! | `84`, `85 /r`; `F6 /0 ib`, `F7 /0 iw/id` | `TEST r/m, r`; `TEST r/m, imm` | load, flags |
+//!
+//! `CMP` and `TEST` appear because an optimising compiler folds a volatile load whose value
+//! is only compared (`reg.read() != 0`) into the comparison; they read memory once and write
+//! only the status flags ([`Insn::flags`]).
 //!
 //! with the operand-size prefix `66`, one REX prefix (`40`–`4F`) directly before the opcode,
 //! and every memory form of ModRM: base register, SIB with scaled index (including `r12` and
@@ -132,7 +139,51 @@ pub enum Op {
         /// The value stored.
         value: u64,
     },
+    /// A load that only sets the status flags: `CMP` or `TEST` of the memory operand with a
+    /// register or an immediate.
+    Flags {
+        /// Which comparison.
+        op: FlagOp,
+        /// The other operand.
+        other: Operand,
+        /// `CMP r/m, x` computes `memory - x`; `CMP r, r/m` (opcodes `3A`/`3B`) computes
+        /// `register - memory`. `TEST` is symmetric.
+        memory_first: bool,
+    },
 }
+
+/// The comparison a flag-setting load performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagOp {
+    /// `CMP`: flags of a subtraction.
+    Cmp,
+    /// `TEST`: flags of a bitwise and.
+    Test,
+}
+
+/// A register or immediate operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operand {
+    /// A register, as wide as the access.
+    Reg(RegOperand),
+    /// An immediate, sign-extended to the access width and masked to it.
+    Imm(u64),
+}
+
+/// The status flags in `RFLAGS`: CF, PF, AF, ZF, SF, OF.
+pub const STATUS_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
+/// Carry flag.
+pub const CF: u64 = 1 << 0;
+/// Parity flag (even parity of the result's low byte).
+pub const PF: u64 = 1 << 2;
+/// Auxiliary carry flag (carry out of bit 3).
+pub const AF: u64 = 1 << 4;
+/// Zero flag.
+pub const ZF: u64 = 1 << 6;
+/// Sign flag.
+pub const SF: u64 = 1 << 7;
+/// Overflow flag.
+pub const OF: u64 = 1 << 11;
 
 /// A memory operand `[base + index * scale + disp]` or `[rip + disp]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,10 +248,59 @@ impl Insn {
     /// The `width`-byte value a store writes, given the registers. `None` for a load.
     pub fn store_value(&self, gpr: impl Fn(Gpr) -> u64) -> Option<u64> {
         match self.op {
-            Op::Load { .. } => None,
+            Op::Load { .. } | Op::Flags { .. } => None,
             Op::StoreReg { src } => Some(src.get(gpr(src.gpr))),
             Op::StoreImm { value } => Some(value),
         }
+    }
+
+    /// For `CMP`/`TEST`: the new `RFLAGS` value, from the old one, the `width`-byte memory
+    /// value and the registers. Only the status flags change; `TEST` clears CF and OF and
+    /// leaves AF (architecturally undefined) as it was. `None` for other instructions.
+    pub fn flags(&self, rflags: u64, memory: u64, gpr: impl Fn(Gpr) -> u64) -> Option<u64> {
+        let Op::Flags {
+            op,
+            other,
+            memory_first,
+        } = self.op
+        else {
+            return None;
+        };
+        let m = mask(self.width);
+        let sign = 1u64 << (8 * u32::from(self.width) - 1);
+        let x = match other {
+            Operand::Reg(r) => r.get(gpr(r.gpr)),
+            Operand::Imm(v) => v,
+        } & m;
+        let mem = memory & m;
+        let (a, b) = if memory_first { (mem, x) } else { (x, mem) };
+        let (result, mut f) = match op {
+            FlagOp::Cmp => {
+                let r = a.wrapping_sub(b) & m;
+                let mut f = 0;
+                if a < b {
+                    f |= CF;
+                }
+                if (a ^ b) & (a ^ r) & sign != 0 {
+                    f |= OF;
+                }
+                if (a ^ b ^ r) & 0x10 != 0 {
+                    f |= AF;
+                }
+                (r, f)
+            }
+            FlagOp::Test => (a & b, rflags & AF),
+        };
+        if result == 0 {
+            f |= ZF;
+        }
+        if result & sign != 0 {
+            f |= SF;
+        }
+        if (result & 0xFF).count_ones() % 2 == 0 {
+            f |= PF;
+        }
+        Some((rflags & !STATUS_FLAGS) | f)
     }
 }
 
@@ -274,6 +374,13 @@ struct Rex {
     b: u8,
 }
 
+/// An immediate of `len` bytes, sign-extended to `width` bytes (and masked to it).
+fn imm(c: &mut Bytes<'_>, len: u8, width: u8) -> Result<u64, DecodeError> {
+    let raw = c.le(usize::from(len))?;
+    let shift = 64 - 8 * u32::from(len);
+    Ok((((raw << shift) as i64) >> shift) as u64 & mask(width))
+}
+
 /// Decode the load or store at the start of `bytes`.
 pub fn decode(bytes: &[u8]) -> Result<Insn, DecodeError> {
     let mut c = Bytes { b: bytes, at: 0 };
@@ -321,7 +428,13 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, DecodeError> {
         Load(Extend, u8),
         Store,
         Imm,
+        /// CMP/TEST with the ModRM register; `true`: memory is the first operand.
+        FlagsReg(FlagOp, bool),
+        /// CMP/TEST with an immediate of this many bytes (sign-extended), ModRM reg = the
+        /// required extension.
+        FlagsImm(FlagOp, u8, u8),
     }
+    let imm_full = if full == 2 { 2 } else { 4 };
     let (width, kind) = match opcode {
         0x88 => (1, Kind::Store),
         0x89 => (full, Kind::Store),
@@ -331,6 +444,17 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, DecodeError> {
         0xC7 => (full, Kind::Imm),
         // MOVSXD without REX.W is a plain 32-bit move that compilers do not emit: refused.
         0x63 if rex.w => (4, Kind::Load(Extend::Sign, 8)),
+        0x38 => (1, Kind::FlagsReg(FlagOp::Cmp, true)),
+        0x39 => (full, Kind::FlagsReg(FlagOp::Cmp, true)),
+        0x3A => (1, Kind::FlagsReg(FlagOp::Cmp, false)),
+        0x3B => (full, Kind::FlagsReg(FlagOp::Cmp, false)),
+        0x84 => (1, Kind::FlagsReg(FlagOp::Test, true)),
+        0x85 => (full, Kind::FlagsReg(FlagOp::Test, true)),
+        0x80 => (1, Kind::FlagsImm(FlagOp::Cmp, 1, 7)),
+        0x81 => (full, Kind::FlagsImm(FlagOp::Cmp, imm_full, 7)),
+        0x83 => (full, Kind::FlagsImm(FlagOp::Cmp, 1, 7)),
+        0xF6 => (1, Kind::FlagsImm(FlagOp::Test, 1, 0)),
+        0xF7 => (full, Kind::FlagsImm(FlagOp::Test, imm_full, 0)),
         0x0F => match c.u8()? {
             0xB6 => (1, Kind::Load(Extend::Zero, full)),
             0xB7 => (2, Kind::Load(Extend::Zero, full)),
@@ -404,13 +528,26 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, DecodeError> {
             if reg_field != 0 {
                 return Err(DecodeError::BadExtension(reg_field));
             }
-            let value = match width {
-                1 => c.le(1)?,
-                2 => c.le(2)?,
-                // imm32, sign-extended to 64 bits for REX.W.
-                _ => (c.le(4)? as u32 as i32) as i64 as u64 & mask(width),
-            };
-            Op::StoreImm { value }
+            Op::StoreImm {
+                value: imm(&mut c, width.min(4), width)?,
+            }
+        }
+        Kind::FlagsReg(op, memory_first) => Op::Flags {
+            op,
+            other: Operand::Reg(reg(width)),
+            memory_first,
+        },
+        Kind::FlagsImm(op, imm_len, ext) => {
+            // 80/81/83 /0-/6 are read-modify-write arithmetic, F6/F7 /2-/7 are NOT, NEG, MUL,
+            // DIV...; F6/F7 /1 is an undocumented alias of TEST that compilers never emit.
+            if reg_field != ext {
+                return Err(DecodeError::BadExtension(reg_field));
+            }
+            Op::Flags {
+                op,
+                other: Operand::Imm(imm(&mut c, imm_len, width)?),
+                memory_first: true,
+            }
         }
     };
     if c.at > MAX_LEN {
