@@ -38,13 +38,25 @@
 //! # Adding the PCI path
 //!
 //! `virtio-drivers`' `PciTransport::new::<TrapHal, C>(&mut PciRoot<C>, DeviceFunction)` reads
-//! configuration space through `C: ConfigurationAccess` and maps each BAR region with
-//! `Hal::mmio_phys_to_virt`. A PCI harness therefore needs a `ConfigurationAccess` that calls
-//! the PCI transport's configuration-space handler directly (configuration cycles are not
-//! memory accesses), and one [`TrapWindow::at_gpa`] per memory BAR at the address the guest
-//! programmed, whose target forwards `(offset, width, value)` to the transport's BAR handler.
-//! BAR accesses include 8-byte ones (`queue_desc`, `queue_driver`, `queue_device`), so the
-//! adapter must pass 8-byte accesses through once the transport takes them.
+//! configuration space through `C: ConfigurationAccess` and maps each capability's BAR region
+//! with `Hal::mmio_phys_to_virt`, which [`TrapHal`] answers from the windows. A PCI test:
+//!
+//! 1. builds one [`TrapWindow::at_gpa`] per memory BAR (or one window spanning BARs it places
+//!    back to back), whose target forwards `(offset, width, value)` to the PCI transport's BAR
+//!    handler, in the style of [`mmio::MmioTarget`];
+//! 2. implements `ConfigurationAccess` by calling the transport's configuration-space handler
+//!    through [`TrapWindow::with`] (configuration cycles are port or ECAM accesses a hypervisor
+//!    also traps, but `virtio-drivers` issues them through this trait, not as loads);
+//! 3. acts as firmware: sizes and programs the BARs with `PciRoot::bar_info` / `set_bar_64` at
+//!    the window's address and enables memory decoding with `set_command`;
+//! 4. hands `PciTransport` to the drivers exactly as [`mmio::guest_transport`] does here.
+//!
+//! `virtio-drivers` writes `queue_desc`, `queue_driver` and `queue_device` as single 8-byte
+//! stores, so the BAR adapter must pass 8-byte accesses through (the MMIO adapter counts them
+//! as refused). Its `PciTransport` never programs MSI-X: it acknowledges INTx by reading the
+//! ISR. An MSI-X test enables the capability and writes `msix_config` / `queue_msix_vector`
+//! itself (through the window) before DRIVER_OK, and the adapter records the vectors the
+//! transport asks for.
 
 pub mod x86;
 
