@@ -3,7 +3,9 @@
 //!
 //! [`guest`] lets the real `virtio-drivers` guest drive a device through the virtio-mmio trap
 //! path, and [`devices`] holds example device models (blk RAM disk, echo console, net
-//! loopback) built only on `virtq`'s public API.
+//! loopback) built only on `virtq`'s public API. [`trap`] runs `virtio-drivers`' own transport
+//! code unmodified against a `virtq` transport: register windows that fault on every access,
+//! decoded and forwarded like a hypervisor's trap handler does.
 //!
 //! Device authors can use it for their own tests. It is `std` code and never part of a
 //! hypervisor image.
@@ -16,6 +18,7 @@ pub mod model;
 pub mod packed;
 pub mod scripted;
 pub mod split;
+pub mod trap;
 
 pub use memory::{Access, AccessKind, TestMemory};
 pub use packed::{PackedDriver, pflags};
