@@ -8,8 +8,8 @@
 //! `ChainWriter::bytes_written`, which never exceeds the writable bytes. These tests pin both
 //! halves of that contract.
 
-use virtq::io::ChainWriter;
 use virtq::Features;
+use virtq::io::ChainWriter;
 use virtq_testkit::{PackedDriver, SplitDriver, TestMemory};
 
 #[test]
@@ -26,7 +26,8 @@ fn writer_never_reports_more_than_the_writable_bytes() {
     assert_eq!(n, 16);
     assert!(w.write_all(&[1]).is_err());
     assert_eq!(w.bytes_written(), 16);
-    q.push_used(&mem, c.head_index(), w.bytes_written()).unwrap();
+    q.push_used(&mem, c.head_index(), w.bytes_written())
+        .unwrap();
     assert_eq!(drv.pop_used(), Some((u32::from(c.head_index()), 16)));
 }
 

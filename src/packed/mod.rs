@@ -441,6 +441,9 @@ pub struct PackedQueue {
     /// Whether the device event structure currently asks for notifications (device shadow;
     /// the structure is never read back).
     kicks_enabled: bool,
+    /// The used cursor as the queue last left it: a different public value was moved by its
+    /// owner (a restore by hand), and the bookkeeping derived from it follows.
+    used_cursor: Pos,
     /// The flags last stored in the device event structure (`None`: not written since reset).
     device_event_flags: Option<RingEventFlags>,
 }
@@ -477,6 +480,7 @@ impl PackedQueue {
             unsignalled_moved: 0,
             signalled: None,
             kicks_enabled: true,
+            used_cursor: (0, true),
             device_event_flags: None,
         }
     }
@@ -574,13 +578,37 @@ impl PackedQueue {
 
     /// Common entry check: O(1) for a broken or unconfigured queue.
     #[inline]
-    fn usable(&self) -> Result<(), QueueError> {
+    fn usable(&mut self) -> Result<(), QueueError> {
         self.error.check()?;
+        self.follow_used_cursor();
         if self.is_valid() {
             Ok(())
         } else {
             Err(QueueError::NotReady)
         }
+    }
+
+    /// The owner moved the used cursor (a restore by hand): what was derived from the old
+    /// position no longer holds. Nothing added before the move is published by the queue, and
+    /// the next interrupt decision is the conservative first one.
+    #[inline]
+    fn follow_used_cursor(&mut self) {
+        if (self.next_used_idx, self.used_wrap_counter) != self.used_cursor {
+            self.used_cursor_moved();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn used_cursor_moved(&mut self) {
+        let pos = (self.next_used_idx, self.used_wrap_counter);
+        self.used_cursor = pos;
+        self.published = pos;
+        self.signalled = None;
+        self.held = None;
+        self.unpublished = 0;
+        self.unpublished_moved = 0;
+        self.unsignalled_moved = 0;
     }
 
     /// Address of byte `offset` of descriptor `slot` (`slot < size`, checked by `usable`).
@@ -920,6 +948,7 @@ impl PackedQueue {
         let next = advance((slot, self.used_wrap_counter), count, self.size);
         self.next_used_idx = next.0;
         self.used_wrap_counter = next.1;
+        self.used_cursor = next;
         self.unpublished = self.unpublished.saturating_add(1);
         self.unpublished_moved = self.unpublished_moved.saturating_add(u32::from(count));
         Ok(())
@@ -959,6 +988,7 @@ impl PackedQueue {
         chain: &ChainHead,
         bytes_written: u32,
     ) -> Result<(), QueueError> {
+        self.follow_used_cursor();
         self.check_owned(chain)?;
         let count = chain.count;
         self.write_used(mem, chain.id, bytes_written, count)?;
@@ -985,6 +1015,7 @@ impl PackedQueue {
         let Some(last) = batch.last() else {
             return Err(QueueError::InvalidUsedHead { head: 0 });
         };
+        self.follow_used_cursor();
         let mut expect = (self.next_used_idx, self.used_wrap_counter);
         let mut total: u16 = 0;
         for c in batch {

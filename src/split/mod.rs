@@ -42,11 +42,12 @@ use crate::wire::{
 /// `Queue` tracks which heads are in flight (a 4 KiB bitmap), so a head made available twice,
 /// or completed twice, is caught in O(1) without allocation.
 ///
-/// The cursors are public for inspection and for save/restore. Change them only on a queue
-/// that is not running: the queue keeps private state derived from them (what it last read of
-/// `avail.idx`, what it last published), and a moved `next_used_idx` would publish used
-/// elements that were never written. A moved `next_avail_idx` is detected and makes the queue
-/// read `avail.idx` afresh.
+/// The cursors are public for inspection and for a restore by hand. Change them only on a
+/// queue that is not running (between calls, with no chain of the old position still to
+/// complete): the queue notices a moved cursor at its next call and resets what it derived
+/// from it. A moved `next_avail_idx` makes it read `avail.idx` afresh; a moved `next_used_idx`
+/// counts everything before it as published and signalled. [`save`](Self::save) and
+/// [`restore`](Self::restore) carry the whole state, in-flight heads included, and validate it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Queue {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), a power of two ≤ 32768.
@@ -95,6 +96,10 @@ pub struct Queue {
     unsignalled: u32,
     /// The device wants available-buffer notifications (kicks).
     kicks_enabled: bool,
+    /// The cursors as the queue last left them: a public cursor that differs was moved by its
+    /// owner (a restore by hand), and the bookkeeping derived from it is reset to follow.
+    avail_cursor: u16,
+    used_cursor: u16,
     in_flight: InFlight<SPLIT_WORDS>,
 }
 
@@ -171,6 +176,8 @@ impl Queue {
             notify_base: 0,
             unsignalled: 0,
             kicks_enabled: true,
+            avail_cursor: 0,
+            used_cursor: 0,
             in_flight: InFlight::new(),
         }
     }
@@ -261,6 +268,9 @@ impl Queue {
     #[inline]
     fn usable(&mut self) -> Result<(), QueueError> {
         self.error.check()?;
+        if self.next_avail_idx != self.avail_cursor || self.next_used_idx != self.used_cursor {
+            self.cursors_moved();
+        }
         let cfg = Config {
             size: self.size,
             max_size: self.max_size,
@@ -273,6 +283,27 @@ impl Queue {
             return Ok(());
         }
         self.revalidate(cfg)
+    }
+
+    /// The owner moved a public cursor (a restore by hand): what the queue derived from the old
+    /// values no longer holds. A moved `next_avail_idx` drops what was known about `avail.idx`
+    /// (it is read afresh); a moved `next_used_idx` counts everything before it as published
+    /// and signalled, so the next completion publishes from there and the next interrupt
+    /// decision covers exactly what is published after the move.
+    #[cold]
+    #[inline(never)]
+    fn cursors_moved(&mut self) {
+        if self.next_avail_idx != self.avail_cursor {
+            self.avail_cursor = self.next_avail_idx;
+            self.shadow_base = self.next_avail_idx;
+            self.shadow_avail_idx = self.next_avail_idx;
+        }
+        if self.next_used_idx != self.used_cursor {
+            self.used_cursor = self.next_used_idx;
+            self.published_used_idx = self.next_used_idx;
+            self.notify_base = self.next_used_idx;
+            self.unsignalled = 0;
+        }
     }
 
     #[cold]
@@ -413,6 +444,7 @@ impl Queue {
         }
         self.in_flight.insert(u32::from(head));
         self.next_avail_idx = next;
+        self.avail_cursor = next;
         trace!("virtq: popped head {}", head);
         Ok(Some(DescriptorChain::new(
             head,
@@ -468,6 +500,7 @@ impl Queue {
         }
         self.in_flight.remove(u32::from(head_index));
         self.next_used_idx = self.next_used_idx.wrapping_add(1);
+        self.used_cursor = self.next_used_idx;
         Ok(())
     }
 
@@ -538,6 +571,7 @@ impl Queue {
         self.add_used(mem, last_head, len)?;
         // `add_used` advanced the cursor by one; the batch covers `count` entries.
         self.next_used_idx = self.next_used_idx.wrapping_add(count.saturating_sub(1));
+        self.used_cursor = self.next_used_idx;
         Ok(())
     }
 
