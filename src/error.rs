@@ -117,6 +117,12 @@ impl From<MemoryError> for QueueError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Sticky(Option<QueueError>);
 
+impl From<Option<QueueError>> for Sticky {
+    fn from(e: Option<QueueError>) -> Self {
+        Self(e)
+    }
+}
+
 impl Sticky {
     /// No error.
     pub(crate) const CLEAR: Self = Self(None);

@@ -43,6 +43,12 @@ impl<const W: usize> InFlight<W> {
         )
     }
 
+    /// Word `i` of the bitmap (0 past the end).
+    #[inline]
+    pub(crate) fn word(&self, i: usize) -> u64 {
+        self.bits.get(i).copied().unwrap_or(0)
+    }
+
     /// Whether `id` is set.
     #[inline]
     pub(crate) fn contains(&self, id: u32) -> bool {
@@ -64,31 +70,39 @@ impl<const W: usize> InFlight<W> {
         }
     }
 
-    /// Set a free identity, preferring `hint` and then the next free one after it (wrapping):
-    /// the packed ring's chain tokens. At most `W` words are looked at; `None` only if all
-    /// `64 * W` identities are set.
-    pub(crate) fn insert_near(&mut self, hint: u32) -> Option<u32> {
+    /// Set a free identity below `limit`, preferring `hint` and then the next free one after
+    /// it (wrapping): the packed ring's chain tokens. At most `W` words are looked at; `None`
+    /// only if every identity below `limit` is set.
+    pub(crate) fn insert_near(&mut self, hint: u32, limit: u32) -> Option<u32> {
+        let cap = u32::try_from(W).ok()?.checked_mul(64)?;
+        let limit = limit.min(cap);
+        if limit == 0 {
+            return None;
+        }
+        let hint = if hint < limit { hint } else { 0 };
         if self.insert(hint) {
             return Some(hint);
         }
-        let (first, mask) = Self::slot(hint);
-        let words = self.bits.len();
-        // Bits at and below the hint in its own word count as taken on the first visit, so the
-        // search goes forward from the hint; the last visit (`i == words`) takes them.
-        let below = mask.wrapping_sub(1) | mask;
-        for i in 0..=words {
-            let w = first
-                .checked_add(i)
-                .map_or(0, |v| v.checked_rem(words).unwrap_or(0));
-            let Some(&b) = self.bits.get(w) else { continue };
-            let taken = if i == 0 { b | below } else { b };
-            if taken != u64::MAX {
-                let bit = taken.trailing_ones();
-                let id = u32::try_from(w).ok()?.checked_mul(64)?.checked_add(bit)?;
-                if self.insert(id) {
-                    return Some(id);
-                }
+        let id = self
+            .first_free(hint.saturating_add(1), limit)
+            .or_else(|| self.first_free(0, hint))?;
+        self.insert(id).then_some(id)
+    }
+
+    /// The first identity in `[from, to)` that is not set, word by word.
+    fn first_free(&self, from: u32, to: u32) -> Option<u32> {
+        let mut id = from;
+        while id < to {
+            let (w, _) = Self::slot(id);
+            let word = *self.bits.get(w)?;
+            // Free bits at and above `id`'s bit; the shift brings in zeros (not free) at the
+            // top, which are past this word anyway.
+            let free = !word >> (id % 64);
+            if free != 0 {
+                let found = id.checked_add(free.trailing_zeros())?;
+                return (found < to).then_some(found);
             }
+            id = (id / 64).checked_add(1)?.checked_mul(64)?;
         }
         None
     }
@@ -143,16 +157,46 @@ mod tests {
     }
 
     #[test]
-    fn insert_near_prefers_the_hint_then_the_next_free_identity() {
+    fn insert_near_prefers_the_hint_then_the_next_free_identity_below_the_limit() {
         let mut f = InFlight::<2>::new();
-        assert_eq!(f.insert_near(5), Some(5));
-        assert_eq!(f.insert_near(5), Some(6));
+        assert_eq!(f.insert_near(5, 128), Some(5));
+        assert_eq!(f.insert_near(5, 128), Some(6));
         for _ in 0..126 {
-            assert!(f.insert_near(100).is_some());
+            assert!(f.insert_near(100, 128).is_some());
         }
         assert_eq!(f.count(), 128);
-        assert_eq!(f.insert_near(7), None);
+        assert_eq!(f.insert_near(7, 128), None);
         assert!(f.remove(3));
-        assert_eq!(f.insert_near(127), Some(3), "wraps around to the free one");
+        assert_eq!(
+            f.insert_near(127, 128),
+            Some(3),
+            "wraps around to the free one"
+        );
+        // Identities stay below the limit, also when the hint is past it.
+        let mut g = InFlight::<2>::new();
+        for i in 0..5 {
+            assert_eq!(g.insert_near(4, 5), Some(if i == 0 { 4 } else { i - 1 }));
+        }
+        assert_eq!(g.insert_near(4, 5), None);
+        assert_eq!(g.insert_near(200, 70), Some(5));
+        // Every limit and hint over a small set: the identity found is the first free one at
+        // or after the hint (cyclically), below the limit.
+        for limit in 1..=128u32 {
+            for hint in 0..130u32 {
+                let mut h = InFlight::<2>::new();
+                for taken in (0..limit).filter(|i| i % 3 == 0) {
+                    h.insert(taken);
+                }
+                let start = if hint < limit { hint } else { 0 };
+                let expect = (0..limit)
+                    .map(|k| (start + k) % limit)
+                    .find(|&i| i % 3 != 0);
+                assert_eq!(
+                    h.insert_near(hint, limit),
+                    expect,
+                    "limit {limit} hint {hint}"
+                );
+            }
+        }
     }
 }

@@ -83,6 +83,7 @@ pub mod io;
 pub mod memory;
 pub mod notify;
 pub mod packed;
+pub mod snapshot;
 pub mod split;
 pub mod transport;
 pub mod wire;

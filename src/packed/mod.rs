@@ -63,6 +63,8 @@
 //! ID, and completion takes the chain itself: [`PackedQueue::push_used`]`(mem, &chain, len)`.
 //! The chain knows how many ring slots it occupied, which is how far the used cursor skips.
 
+pub mod state;
+
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -786,7 +788,7 @@ impl PackedQueue {
         // and `total <= size` counts this one too).
         let Some(token) = self
             .in_flight
-            .insert_near(u32::from(start.0))
+            .insert_near(u32::from(start.0), u32::from(size))
             .and_then(|t| u16::try_from(t).ok())
         else {
             return Err(self.error.set(QueueError::TooManyInFlight));

@@ -22,6 +22,8 @@
 //!   leaked and the queue keeps running), or
 //! * [`Queue::mark_broken`] (escalation (b): the transport raises DEVICE_NEEDS_RESET).
 
+pub mod state;
+
 use core::fmt;
 
 use crate::chain::{ChainError, DescriptorChain};
