@@ -43,10 +43,41 @@ impl<const W: usize> InFlight<W> {
         )
     }
 
-    /// Word `i` of the bitmap (0 past the end).
-    #[inline]
-    pub(crate) fn word(&self, i: usize) -> u64 {
-        self.bits.get(i).copied().unwrap_or(0)
+    /// Write the bitmap's first `out.len() / 8` words into `out`, little-endian (a saved
+    /// state's in-flight set).
+    pub(crate) fn write_words(&self, out: &mut [u8]) {
+        for (chunk, w) in out.chunks_exact_mut(8).zip(self.bits.iter()) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// The set whose words `bytes` holds (little-endian, a whole number of words at most
+    /// `W`), if every identity in it is below `limit`.
+    pub(crate) fn from_words(bytes: &[u8], limit: u32) -> Option<Self> {
+        let mut set = Self::new();
+        if !bytes.len().is_multiple_of(8) || bytes.len() / 8 > W {
+            return None;
+        }
+        for (i, (chunk, slot)) in bytes.chunks_exact(8).zip(set.bits.iter_mut()).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let w = u64::from_le_bytes(b);
+            // Identities of this word at or above `limit`.
+            let first = u32::try_from(i).ok()?.checked_mul(64)?;
+            let allowed = match limit.checked_sub(first) {
+                Some(n) if n >= 64 => u64::MAX,
+                Some(n) => (1u64 << n).wrapping_sub(1),
+                None => 0,
+            };
+            if w & !allowed != 0 {
+                return None;
+            }
+            *slot = w;
+            set.count = set
+                .count
+                .saturating_add(u16::try_from(w.count_ones()).ok()?);
+        }
+        Some(set)
     }
 
     /// Whether `id` is set.

@@ -253,6 +253,31 @@ pub(crate) fn open(bytes: &[u8], kind: StateKind) -> Result<&[u8], StateError> {
     }
 }
 
+/// Write a queue state: header, `fields`, then `bitmap` fills the in-flight words of a queue of
+/// `max_size`. Returns the length written.
+pub(crate) fn write_queue_state<F: IntoBytes + Immutable>(
+    out: &mut [u8],
+    kind: StateKind,
+    fields: &F,
+    max_size: u16,
+    bitmap: impl FnOnce(&mut [u8]),
+) -> Result<usize, StateError> {
+    let fields = fields.as_bytes();
+    let len = state_len(fields.len(), max_size);
+    let Some(buf) = out.get_mut(..len) else {
+        return Err(StateError::BufferTooSmall { needed: len });
+    };
+    write_header(buf, kind, len)?;
+    let (f, words) = buf
+        .get_mut(HEADER_LEN..)
+        .unwrap_or(&mut [])
+        .split_at_mut_checked(fields.len())
+        .ok_or(StateError::BufferTooSmall { needed: len })?;
+    f.copy_from_slice(fields);
+    bitmap(words);
+    Ok(len)
+}
+
 /// Write a header for `kind` and a total of `len` bytes into the front of `out`.
 pub(crate) fn write_header(out: &mut [u8], kind: StateKind, len: usize) -> Result<(), StateError> {
     let total = u32::try_from(len).map_err(|_| StateError::BufferTooSmall { needed: len })?;

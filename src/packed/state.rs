@@ -15,10 +15,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::{ChainHead, PackedChain, PackedQueue, Pos, layout, linear};
 use crate::chain::{ChainBudget, ChainError, Descriptor, PackedBody, PackedTail};
 use crate::error::{QueueError, Sticky};
+use crate::in_flight::InFlight;
 use crate::memory::{GuestAddress, GuestMemory};
 use crate::snapshot::{
     ErrorCode, HEADER_LEN, Snapshot, StateError, StateField, StateKind, bitmap_words, flag, open,
-    state_len, write_header,
+    state_len, write_queue_state,
 };
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 
@@ -148,11 +149,6 @@ impl PackedQueue {
             q.follow_used_cursor();
             return q.save_into(out);
         }
-        let len = self.state_len();
-        let Some(buf) = out.get_mut(..len) else {
-            return Err(StateError::BufferTooSmall { needed: len });
-        };
-        write_header(buf, StateKind::Packed, len)?;
         let (held_slot, held_flags) = self.held.unwrap_or((0, 0));
         let (signalled_slot, signalled_wrap) = self.signalled.unwrap_or((0, false));
         let fields = PackedFields {
@@ -185,15 +181,9 @@ impl PackedQueue {
             unsignalled_moved: U32::new(self.unsignalled_moved),
             error: ErrorCode::encode(self.error.get()),
         };
-        let rest = buf.get_mut(HEADER_LEN..).unwrap_or(&mut []);
-        fields
-            .write_to_prefix(rest)
-            .map_err(|_| StateError::BufferTooSmall { needed: len })?;
-        let bitmap = rest.get_mut(FIELDS_LEN..).unwrap_or(&mut []);
-        for (i, chunk) in bitmap.chunks_exact_mut(8).enumerate() {
-            chunk.copy_from_slice(&self.in_flight.word(i).to_le_bytes());
-        }
-        Ok(len)
+        write_queue_state(out, StateKind::Packed, &fields, self.max_size, |w| {
+            self.in_flight.write_words(w);
+        })
     }
 
     /// [`save_into`](Self::save_into) a fixed buffer large enough for any packed queue.
@@ -284,25 +274,9 @@ impl PackedQueue {
         q.used_cursor = used;
 
         // Tokens below `size`, as many as stated.
-        let mut chains: u32 = 0;
-        for (i, chunk) in bitmap.chunks_exact(8).enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            let w = u64::from_le_bytes(w);
-            for bit in 0..64u32 {
-                if w & (1u64 << bit) == 0 {
-                    continue;
-                }
-                let token = u32::try_from(i)
-                    .ok()
-                    .and_then(|i| i.checked_mul(64))
-                    .and_then(|b| b.checked_add(bit))
-                    .filter(|t| *t < u32::from(size))
-                    .ok_or(invalid(StateField::InFlight))?;
-                q.in_flight.insert(token);
-                chains = chains.saturating_add(1);
-            }
-        }
+        q.in_flight =
+            InFlight::from_words(bitmap, u32::from(size)).ok_or(invalid(StateField::InFlight))?;
+        let chains = u32::from(q.in_flight.count());
         let descs = f.in_flight_descs.get();
         if chains != u32::from(f.in_flight_chains.get())
             || u32::from(descs) < chains

@@ -6,10 +6,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::{Config, Queue, layout};
 use crate::chain::DescriptorChain;
 use crate::error::{QueueError, Sticky};
+use crate::in_flight::InFlight;
 use crate::memory::{GuestAddress, GuestMemory};
 use crate::snapshot::{
     ErrorCode, HEADER_LEN, Snapshot, StateError, StateField, StateKind, bitmap_words, flag, open,
-    state_len, write_header,
+    state_len, write_queue_state,
 };
 use crate::wire::{Features, MAX_QUEUE_SIZE};
 
@@ -87,11 +88,6 @@ impl Queue {
             q.cursors_moved();
             return q.save_into(out);
         }
-        let len = self.state_len();
-        let Some(buf) = out.get_mut(..len) else {
-            return Err(StateError::BufferTooSmall { needed: len });
-        };
-        write_header(buf, StateKind::Split, len)?;
         let fields = SplitFields {
             max_size: U16::new(self.max_size),
             size: U16::new(self.size),
@@ -111,15 +107,9 @@ impl Queue {
             reserved2: U16::new(0),
             error: ErrorCode::encode(self.error.get()),
         };
-        let rest = buf.get_mut(HEADER_LEN..).unwrap_or(&mut []);
-        fields
-            .write_to_prefix(rest)
-            .map_err(|_| StateError::BufferTooSmall { needed: len })?;
-        let bitmap = rest.get_mut(FIELDS_LEN..).unwrap_or(&mut []);
-        for (i, chunk) in bitmap.chunks_exact_mut(8).enumerate() {
-            chunk.copy_from_slice(&self.in_flight.word(i).to_le_bytes());
-        }
-        Ok(len)
+        write_queue_state(out, StateKind::Split, &fields, self.max_size, |w| {
+            self.in_flight.write_words(w);
+        })
     }
 
     /// [`save_into`](Self::save_into) a fixed buffer large enough for any split queue.
@@ -191,27 +181,10 @@ impl Queue {
         q.kicks_enabled = flag(f.kicks_enabled, StateField::Kicks)?;
         q.error = Sticky::from(f.error.decode()?);
 
-        // The in-flight set: bits below `size` only, counted as stated.
-        let mut count: u32 = 0;
-        for (i, chunk) in bitmap.chunks_exact(8).enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            let w = u64::from_le_bytes(w);
-            for bit in 0..64u32 {
-                if w & (1u64 << bit) == 0 {
-                    continue;
-                }
-                let head = u32::try_from(i)
-                    .ok()
-                    .and_then(|i| i.checked_mul(64))
-                    .and_then(|b| b.checked_add(bit))
-                    .and_then(|h| u16::try_from(h).ok())
-                    .filter(|h| *h < size)
-                    .ok_or(invalid(StateField::InFlight))?;
-                q.in_flight.insert(u32::from(head));
-                count = count.saturating_add(1);
-            }
-        }
+        // The in-flight set: heads below `size` only, as many as stated.
+        q.in_flight =
+            InFlight::from_words(bitmap, u32::from(size)).ok_or(invalid(StateField::InFlight))?;
+        let count = u32::from(q.in_flight.count());
         if count != u32::from(f.in_flight.get()) || count > u32::from(size) {
             return Err(invalid(StateField::InFlightCount));
         }
