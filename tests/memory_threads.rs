@@ -27,12 +27,16 @@ const INDEX: u64 = AREA;
 const WORDS: [u16; 3] = [0x0000, 0xFFFF, 0xA55A];
 
 fn rounds() -> usize {
-    if cfg!(miri) { 12 } else { 20_000 }
+    if cfg!(miri) { 30 } else { 20_000 }
 }
 
-/// Guest RAM as 16-bit atomics, so the guest thread can reach it from safe code.
-fn backing(words: usize) -> Box<[AtomicU16]> {
-    (0..words).map(|_| AtomicU16::new(0)).collect()
+/// Guest RAM as 16-bit atomics, so the guest thread can reach it from safe code; page-aligned
+/// like real guest RAM, so a copy that would use wider accesses on aligned data gets to.
+#[repr(C, align(4096))]
+struct Ram([AtomicU16; 80]);
+
+fn backing() -> Box<Ram> {
+    Box::new(Ram(std::array::from_fn(|_| AtomicU16::new(0))))
 }
 
 /// A region over `len` bytes of `mem` starting at byte `skip` (odd `skip` gives an odd host
@@ -101,12 +105,13 @@ fn guest(mem: &[AtomicU16], skip_words: usize) {
 /// Two host threads and a guest thread on one region with an even host pointer.
 #[test]
 fn two_host_threads_and_a_guest_share_one_region() {
-    let mem = backing(64);
-    let r = region(&mem, 0, 128);
+    let ram = backing();
+    let mem = &ram.0[..];
+    let r = region(mem, 0, 128);
     thread::scope(|s| {
         s.spawn(|| host(&r, 1));
         s.spawn(|| host(&r, 2));
-        s.spawn(|| guest(&mem, 0));
+        s.spawn(|| guest(mem, 0));
     });
     // Every index word holds one of the values written whole.
     for i in 0..4 {
@@ -120,9 +125,10 @@ fn two_host_threads_and_a_guest_share_one_region() {
 /// reach those two bytes with 8-bit atomics, so the guest's accesses to them are 8-bit too.
 #[test]
 fn odd_edged_region_is_shared_soundly() {
-    let mem = backing(72);
+    let ram = backing();
+    let mem = &ram.0[..];
     let len = 2 * AREA as usize;
-    let r = region(&mem, 1, len);
+    let r = region(mem, 1, len);
     assert!(r.load_u16(GuestAddress(BASE)).is_err(), "odd host pointer");
     let edge = |i: usize| {
         // SAFETY: byte `i` of `mem` is in bounds; it is only ever accessed with 8-bit atomics
