@@ -3,7 +3,7 @@
 //!
 //! The library never forms a Rust reference into guest memory. Everything it needs goes through
 //! [`GuestMemory`]: byte copies for descriptors, used elements and buffer data, and dedicated
-//! single-copy-atomic 16-bit loads and stores for the index words (`avail.idx`, ring entries,
+//! atomic 16-bit loads and stores for the index words (`avail.idx`, ring entries,
 //! `used.idx`, `used_event`, `avail_event`, packed flags), which must never tear
 //! (CVE-2020-13759).
 
@@ -87,7 +87,9 @@ pub enum MemoryError {
         /// Length of the refused range.
         len: u64,
     },
-    /// A 16-bit index access at an odd address (it could not be single-copy atomic).
+    /// A 16-bit index access that is not naturally aligned, so it could not be one atomic
+    /// access: an odd guest address, or (in [`HostRegion`]) an even one mapped at an odd host
+    /// address.
     Misaligned {
         /// The refused address.
         addr: u64,
@@ -108,7 +110,9 @@ impl fmt::Display for MemoryError {
                     "guest range {addr:#x}+{len:#x} overflows the address space"
                 )
             }
-            Self::Misaligned { addr } => write!(f, "16-bit index access at odd address {addr:#x}"),
+            Self::Misaligned { addr } => {
+                write!(f, "16-bit index access at {addr:#x} is not 2-aligned")
+            }
             Self::BadRegion => f.write_str("region overlaps another region or the table is full"),
         }
     }
@@ -124,10 +128,28 @@ impl core::error::Error for MemoryError {}
 ///
 /// * Every method checks the whole range `[addr, addr + len)` with overflow-safe arithmetic and
 ///   fails with a [`MemoryError`] if any byte is not RAM this device may access (MMIO windows,
-///   holes, hypervisor or other guests' memory). A failed `write` must not have written anything.
-/// * [`load_u16`](Self::load_u16) and [`store_u16`](Self::store_u16) are single-copy atomic:
-///   one aligned 16-bit access that can never be observed half-done. They may refuse odd
-///   addresses with [`MemoryError::Misaligned`].
+///   holes, hypervisor or other guests' memory): [`MemoryError::Overflow`] if `addr + len`
+///   does not fit in 64 bits, else [`MemoryError::OutOfRange`] naming the whole range. A
+///   zero-length range names no byte and is accepted wherever `addr` is. A failed `write` (or
+///   `store_u16`) must not have written anything.
+/// * [`load_u16`](Self::load_u16) and [`store_u16`](Self::store_u16) are *atomic operations*
+///   in the Rust memory model (for example `AtomicU16` with `Relaxed` ordering): one aligned
+///   16-bit access that can never be observed half-done (CVE-2020-13759). Volatile accesses
+///   are not enough: they are not atomic, so they do not synchronise with the fences the
+///   queues issue, and a volatile access racing with another agent's write is a data race.
+///   An odd address is refused with [`MemoryError::Misaligned`].
+/// * [`check_u16_range`](Self::check_u16_range) accepts a range only if every aligned 16-bit
+///   word in it is accepted by `load_u16` and `store_u16`. Override it if some aligned word of
+///   RAM is not (a seam between two mappings at an odd address, a mapping at an odd host
+///   address); the queues check their index words with it when a ring is enabled.
+/// * Copies may run concurrently with other agents: the guest's vCPUs, and other host threads
+///   if the implementation is `Sync`. They promise no atomicity, but they must not be
+///   undefined behaviour: in an implementation shared by several host threads every access
+///   that can race with another is atomic, and of one *size* per location. Rust (like C++)
+///   makes racing atomic accesses of different sizes to overlapping bytes undefined unless both
+///   are reads, and a hostile guest can place a buffer over an index word, so a copy must not
+///   use, say, 8-byte atomics over bytes that `store_u16` writes with 16-bit ones. The provided
+///   [`HostRegion`] uses naturally aligned 16-bit atomics for everything.
 /// * No method issues memory barriers on its own; the queues issue the barriers they need
 ///   through [`fence`](Self::fence), whose provided implementation is the Rust fence the
 ///   [`Barrier`] names. Override it only to *add* to that fence (a protocol model that needs to
@@ -135,6 +157,8 @@ impl core::error::Error for MemoryError {}
 ///   notifications.
 /// * Byte copies may cross from one RAM region into an adjacent one; whether they do is the
 ///   implementation's policy (the provided [`RegionTable`] splits them).
+///
+/// `virtq_testkit::conformance` checks an implementation against this contract.
 pub trait GuestMemory {
     /// Copy `buf.len()` bytes starting at `addr` out of guest memory.
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemoryError>;
@@ -151,6 +175,26 @@ pub trait GuestMemory {
     /// Check that every byte of `[addr, addr + len)` is accessible guest RAM, without touching
     /// it. A zero-length range is accepted when `addr` itself does not overflow.
     fn check_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError>;
+
+    /// Check that every naturally aligned 16-bit word inside `[addr, addr + len)` can be
+    /// accessed by [`load_u16`](Self::load_u16) and [`store_u16`](Self::store_u16), without
+    /// touching it. The queues call it for every area that holds index words when a ring is
+    /// enabled (§2.7.2, §2.8.2), so a ring whose index word the accessor would refuse is
+    /// refused then, not at the first pop.
+    ///
+    /// The provided implementation is [`check_range`](Self::check_range) plus an even `addr`
+    /// (else [`MemoryError::Misaligned`]): right for memory whose aligned words are all
+    /// accessible. [`RegionTable`] and [`HostRegion`] override it (a seam at an odd address, an
+    /// odd host pointer). A refusal is the error `check_range` gives, or the error `load_u16`
+    /// gives for the first word it would refuse.
+    #[inline]
+    fn check_u16_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        self.check_range(addr, len)?;
+        if !addr.is_aligned(2) {
+            return Err(MemoryError::Misaligned { addr: addr.0 });
+        }
+        Ok(())
+    }
 
     /// Issue the memory barrier `barrier` between the accesses before and after it. The
     /// provided implementation is [`Barrier::issue`]; see the contract above before overriding
@@ -233,6 +277,10 @@ impl<T: GuestMemory + ?Sized> GuestMemory for &T {
     #[inline]
     fn check_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
         (**self).check_range(addr, len)
+    }
+    #[inline]
+    fn check_u16_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        (**self).check_u16_range(addr, len)
     }
     #[inline]
     fn fence(&self, barrier: Barrier) {

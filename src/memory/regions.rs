@@ -109,6 +109,28 @@ impl<const N: usize> RegionTable<N> {
         self.for_each_part(addr, len, |_, _, _, _| Ok(()))
     }
 
+    /// [`check_u16_range`](GuestMemory::check_u16_range) for a range not inside one region:
+    /// RAM, an even start, no seam inside a word, and each region accepting its part.
+    #[cold]
+    #[inline(never)]
+    fn check_u16_split(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        self.check_split(addr, len)?;
+        if !addr.is_aligned(2) {
+            return Err(MemoryError::Misaligned { addr: addr.0 });
+        }
+        self.for_each_part(addr, len, |r, a, _, part| {
+            if !a.is_aligned(2) {
+                // A seam at an odd address splits the word before it between two regions;
+                // `load_u16` refuses that word as out of range (it is no region's).
+                return Err(MemoryError::OutOfRange {
+                    addr: a.0 & !1,
+                    len: 2,
+                });
+            }
+            r.check_u16_range(a, part as u64)
+        })
+    }
+
     /// [`read`](GuestMemory::read) for a range not inside one region: checked whole, then
     /// copied part by part.
     #[cold]
@@ -193,6 +215,19 @@ impl<const N: usize> GuestMemory for RegionTable<N> {
         }
         // Also the path of a zero-length range outside RAM, which the walk accepts.
         self.check_split(addr, len)
+    }
+
+    /// Every aligned word of the range lies wholly in one region that accepts it (its host
+    /// address is even): a range across a seam at an odd address is refused, because the word
+    /// around the seam belongs to no region and `load_u16` refuses it.
+    #[inline]
+    fn check_u16_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        if let Some(r) = self.find(addr)
+            && r.check_u16_range(addr, len).is_ok()
+        {
+            return Ok(());
+        }
+        self.check_u16_split(addr, len)
     }
 }
 

@@ -529,15 +529,20 @@ impl PackedQueue {
     }
 
     /// Check that the descriptor ring and both event structures lie entirely in guest RAM
-    /// (PACKED-05). A transport calls this when the driver writes `QueueReady = 1` and refuses
-    /// the queue on error (H9).
+    /// (PACKED-05), and that the accessor can load and store every 16-bit word in them
+    /// ([`GuestMemory::check_u16_range`]: the descriptors' flags words, and both halves of
+    /// each event structure). A transport calls this when the driver writes `QueueReady = 1`
+    /// and refuses the queue on error (H9), so a ring with an index word across an odd seam
+    /// between two mappings is refused there, not broken at the first pop.
     pub fn check_rings<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), QueueError> {
         if !self.is_valid() {
             return Err(QueueError::NotReady);
         }
-        mem.check_range(self.desc_ring_addr, layout::desc_ring_bytes(self.size))?;
-        mem.check_range(self.driver_event_addr, layout::EVENT_SIZE)?;
-        mem.check_range(self.device_event_addr, layout::EVENT_SIZE)?;
+        // Whole rings: every word of a 16-byte-aligned descriptor ring is naturally aligned,
+        // and a seam inside any of them is no ring a driver lays out on purpose.
+        mem.check_u16_range(self.desc_ring_addr, layout::desc_ring_bytes(self.size))?;
+        mem.check_u16_range(self.driver_event_addr, layout::EVENT_SIZE)?;
+        mem.check_u16_range(self.device_event_addr, layout::EVENT_SIZE)?;
         Ok(())
     }
 

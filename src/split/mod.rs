@@ -224,16 +224,26 @@ impl Queue {
                 .is_some()
     }
 
-    /// Check that all three rings lie entirely in guest RAM (SPLIT-07). A transport calls this
-    /// when the driver writes `QueueReady = 1` and refuses the queue on error (H9).
+    /// Check that all three rings lie entirely in guest RAM (SPLIT-07), and that the accessor
+    /// can load and store every 16-bit index word in them
+    /// ([`GuestMemory::check_u16_range`]): the whole available ring (flags, idx, ring entries,
+    /// `used_event`), and the used ring's flags, idx and `avail_event`. A transport calls this
+    /// when the driver writes `QueueReady = 1` and refuses the queue on error (H9), so a ring
+    /// with an index word across an odd seam between two mappings is refused there, not
+    /// broken at the first pop.
     pub fn check_rings<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), QueueError> {
         if !self.is_valid() {
             return Err(QueueError::NotReady);
         }
         let s = self.size;
         mem.check_range(self.desc_table_addr, layout::desc_table_bytes(s))?;
-        mem.check_range(self.avail_ring_addr, layout::avail_ring_bytes(s))?;
+        mem.check_u16_range(self.avail_ring_addr, layout::avail_ring_bytes(s))?;
         mem.check_range(self.used_ring_addr, layout::used_ring_bytes(s))?;
+        // `is_valid` checked that the whole used ring does not wrap, so neither do these.
+        let used = self.used_ring_addr;
+        mem.check_u16_range(used, layout::RING_OFFSET)?;
+        let avail_event = used.checked_add(layout::avail_event_offset(s));
+        mem.check_u16_range(avail_event.ok_or(QueueError::NotReady)?, 2)?;
         Ok(())
     }
 

@@ -7,9 +7,12 @@
 //! code unmodified against a `virtq` transport: register windows that fault on every access,
 //! decoded and forwarded like a hypervisor's trap handler does.
 //!
+//! [`conformance`] checks a `GuestMemory` implementation against the trait's contract.
+//!
 //! Device authors can use it for their own tests. It is `std` code and never part of a
 //! hypervisor image.
 
+pub mod conformance;
 pub mod devices;
 pub mod explore;
 pub mod guest;

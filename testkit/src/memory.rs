@@ -1,10 +1,13 @@
 //! Guest RAM for tests: a few regions of atomics, with optional access recording and
 //! "changes after first read" hooks for double-fetch (TOCTOU) tests.
 //!
-//! Every byte lives in an `AtomicU16` word, so the driver side (another thread, or the test
-//! itself) and the device side may touch the same memory concurrently without a data race in
-//! the Rust memory model: threaded tests are Miri-clean, and the ordering between the two sides
-//! comes only from the fences the queue issues.
+//! Every byte lives in an `AtomicU16` word and every access is a 16-bit atomic on that word (a
+//! byte write is a `fetch_and` and a `fetch_or`), so the driver side (another thread, or the
+//! test itself) and the device side may touch the same memory concurrently with neither a data
+//! race nor a mixed-size atomic race in the Rust memory model: threaded tests are Miri-clean,
+//! and the ordering between the two sides comes only from the fences the queue issues. Regions
+//! are 2-aligned, so every aligned word is accessible and the provided
+//! `GuestMemory::check_u16_range` is exact for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -38,7 +41,9 @@ pub struct Access {
 impl Access {
     /// Whether the access touches any byte of `[addr, addr + len)`.
     pub fn overlaps(&self, addr: u64, len: u64) -> bool {
-        self.addr < addr + len && addr < self.addr + self.len
+        // In u128: a recorded access (or the query) may end at or past 2⁶⁴.
+        let end = |a: u64, l: u64| u128::from(a) + u128::from(l);
+        u128::from(self.addr) < end(addr, len) && u128::from(addr) < end(self.addr, self.len)
     }
 }
 
@@ -189,15 +194,14 @@ impl TestMemory {
         r.load(off).to_le_bytes()[(off % 2) as usize]
     }
 
+    /// Write one byte of its word: clear it, then set it. Two read-modify-writes, never a
+    /// compare-and-swap loop, which a thread hammering the other byte could keep failing.
     fn set_byte(&self, r: &Region, addr: u64, v: u8) {
         let off = addr - r.base;
         let shift = (off % 2) * 8;
-        let _ = r
-            .word_mut(off)
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                let w = u16::from_le(w);
-                Some(((w & !(0xFF << shift)) | (u16::from(v) << shift)).to_le())
-            });
+        let word = r.word_mut(off);
+        word.fetch_and((!(0xFFu16 << shift)).to_le(), Ordering::Relaxed);
+        word.fetch_or((u16::from(v) << shift).to_le(), Ordering::Relaxed);
     }
 
     /// Call `f(region, addr)` for every byte of `[addr, addr + len)`, crossing seams between
