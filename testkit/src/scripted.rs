@@ -100,6 +100,10 @@ impl<M: GuestMemory> GuestMemory for Scripted<M> {
         self.inner.check_range(addr, len)
     }
 
+    fn check_u16_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        self.inner.check_u16_range(addr, len)
+    }
+
     fn fence(&self, barrier: Barrier) {
         self.inner.fence(barrier);
     }
