@@ -33,6 +33,107 @@ fn image(mem: &TestMemory) -> Vec<u8> {
     v
 }
 
+/// Seeds of the `restore` target: valid states of split and packed queues in several
+/// conditions (chains in flight, unpublished completions, kicks off, cursors near the wrap),
+/// with the guest memory they were saved over and a few operations to run after.
+fn restore_seeds() -> Vec<(String, Vec<u8>)> {
+    use virtq::packed::PackedChain;
+    use virtq::{Features, PackedQueue, Queue};
+    use virtq_testkit::PackedDriver;
+    let mut out = Vec::new();
+    let mut seed = |name: String, packed: bool, max: u16, state: &[u8], chains: &[Vec<u8>], mem: &TestMemory| {
+        let mut e = Vec::new();
+        e.push(u8::from(packed) | (max.trailing_zeros() as u8) << 1);
+        e.extend((state.len() as u16).to_le_bytes());
+        e.extend(state);
+        let img = image(mem);
+        e.extend((img.len() as u16).to_le_bytes());
+        e.extend(&img);
+        if packed {
+            e.push(chains.len() as u8);
+            for c in chains {
+                e.push(c.len() as u8);
+                e.extend(c);
+            }
+        }
+        // pop, pop, complete, publish, notify, resume, drain, pop, complete.
+        e.extend([0, 0, 2, 0, 3, 4, 8, 7, 2, 0, 2, 0]);
+        out.push((name, e));
+    };
+    for (i, (start, features)) in [
+        (0u16, Features::empty()),
+        (0xFFFE, Features::EVENT_IDX),
+        (0x7FFF, Features::EVENT_IDX | Features::INDIRECT_DESC),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mem = new_memory();
+        let mut drv = SplitDriver::new(&mem, 8, DESC, AVAIL, USED);
+        let mut q: Queue = drv.queue(8, features);
+        drv.avail_idx = start;
+        drv.last_used = start;
+        mem.poke_u16(AVAIL + 2, start);
+        mem.poke_u16(USED + 2, start);
+        q.next_avail_idx = start;
+        q.next_used_idx = start;
+        for k in 0..5 {
+            drv.add_chain(&[(DATA + 0x100 * k, 16, k % 2 == 0)]);
+        }
+        let c: Vec<_> = (0..3).map(|_| q.pop_avail(&mem).unwrap().unwrap()).collect();
+        q.push_used(&mem, c[0].head_index(), 4).unwrap();
+        q.add_used(&mem, c[2].head_index(), 4).unwrap();
+        if i == 2 {
+            q.disable_notification(&mem).unwrap();
+        }
+        seed(format!("split-{i}"), false, 8, q.save().as_bytes(), &[], &mem);
+    }
+    for (i, (size, start, features)) in [
+        (8u16, (0u16, true), Features::empty()),
+        (6, (4, false), Features::EVENT_IDX),
+        (5, (2, true), Features::EVENT_IDX | Features::INDIRECT_DESC),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mem = new_memory();
+        let ring = DESC;
+        let mut drv = PackedDriver::new(&mem, size, ring, AVAIL, AVAIL + 0x100);
+        let mut q: PackedQueue = drv.queue(size, features);
+        if !start.1 {
+            for slot in 0..size {
+                drv.set_flags(slot, virtq_testkit::pflags::A | virtq_testkit::pflags::U);
+            }
+        }
+        drv.next_avail = start.0;
+        drv.avail_wrap = start.1;
+        drv.next_used = start.0;
+        drv.used_wrap = start.1;
+        q.next_avail_idx = start.0;
+        q.avail_wrap_counter = start.1;
+        q.next_used_idx = start.0;
+        q.used_wrap_counter = start.1;
+        for k in 0..3u64 {
+            drv.add_chain(&[(DATA + 0x100 * k, 16, false), (DATA + 0x80 + 0x100 * k, 8, true)]);
+        }
+        let mut c = [PackedChain::<4>::EMPTY; 3];
+        for slot in &mut c {
+            q.pop_avail_into(&mem, slot).unwrap();
+        }
+        q.push_used(&mem, &c[1], 8).unwrap();
+        let chains: Vec<Vec<u8>> = [c[0], c[2]]
+            .iter()
+            .map(|c| {
+                let mut b = vec![0; c.saved_len()];
+                c.save_into(&mut b).unwrap();
+                b
+            })
+            .collect();
+        seed(format!("packed-{i}"), true, 8, q.save().as_bytes(), &chains, &mem);
+    }
+    out
+}
+
 fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
     RawDesc {
         addr,
@@ -844,6 +945,7 @@ fn main() {
         ("mmio", &mmio),
         ("packed_queue", &packed),
         ("memory", &memory),
+        ("restore", &restore_seeds()),
     ] {
         let dir = root.join(target);
         fs::create_dir_all(&dir).unwrap();

@@ -446,6 +446,10 @@ pub struct PackedQueue {
     /// The used cursor as the queue last left it: a different public value was moved by its
     /// owner (a restore by hand), and the bookkeeping derived from it follows.
     used_cursor: Pos,
+    /// Chains restored in flight that the device has not readopted yet, and the descriptors
+    /// they may still claim (`readopt_into`).
+    unclaimed_chains: u16,
+    unclaimed_descs: u16,
     /// The flags last stored in the device event structure (`None`: not written since reset).
     device_event_flags: Option<RingEventFlags>,
 }
@@ -483,6 +487,8 @@ impl PackedQueue {
             signalled: None,
             kicks_enabled: true,
             used_cursor: (0, true),
+            unclaimed_chains: 0,
+            unclaimed_descs: 0,
             device_event_flags: None,
         }
     }

@@ -285,6 +285,8 @@ impl PackedQueue {
             return Err(invalid(StateField::InFlightCount));
         }
         q.in_flight_descs = descs;
+        q.unclaimed_chains = f.in_flight_chains.get();
+        q.unclaimed_descs = descs;
         // Every descriptor popped is in flight or was skipped over by a used descriptor.
         if size != 0 && distance(used, avail, size) != u32::from(descs) {
             return Err(invalid(StateField::NextUsed));
@@ -398,15 +400,17 @@ impl PackedQueue {
     /// [`PackedChain::save_into`] wrote, into `chain`.
     ///
     /// The saved chain is untrusted input: its token must be one the restored queue has in
-    /// flight, its position and descriptor count must fit the queue, its buffers must number
-    /// at most `N`, and every buffer is admitted again as at pop (inside guest RAM without
+    /// flight and not yet readopted, its position must fit the queue, its descriptor count
+    /// must leave at least one descriptor for every restored chain not readopted yet (so the
+    /// counts readopted never add up to more than the restored queue had in flight), its
+    /// buffers must number at most `N`, and every buffer is admitted again as at pop (inside guest RAM without
     /// overflow, no readable buffer after a writable one, total length at most `u32::MAX`,
     /// at most `size` buffers; an indirect table's length and range checked again). A buffer
     /// that no longer passes makes the chain malformed exactly as at pop (the walk yields
     /// the buffers before it, then the [`ChainError`]); a chain that was malformed at pop stays
     /// so. Errors ([`StateError`]) leave `chain` empty.
     pub fn readopt_into<M: GuestMemory + ?Sized, const N: usize>(
-        &self,
+        &mut self,
         mem: &M,
         saved: &[u8],
         chain: &mut PackedChain<N>,
@@ -441,7 +445,10 @@ impl PackedQueue {
             || !self.in_flight.contains(u32::from(token))
             || h.slot.get() >= size
             || count == 0
-            || count > self.in_flight_descs
+            || self.unclaimed_chains == 0
+            // Every restored chain not claimed yet keeps at least one descriptor.
+            || u32::from(count).saturating_add(u32::from(self.unclaimed_chains)).saturating_sub(1)
+                > u32::from(self.unclaimed_descs)
             || nbufs > N
         {
             return Err(bad);
@@ -509,6 +516,20 @@ impl PackedQueue {
         }
         if h.tail != TAIL_ERROR && (h.error_chain != 0 || h.error_memory != 0) {
             return Err(bad);
+        }
+        // Claimed: the restored chain's descriptors are accounted to this copy, and it moves to
+        // a fresh token so the same saved bytes cannot be readopted twice (with every token in
+        // use, each chain holds one descriptor and the claim counters bound what is left).
+        self.unclaimed_chains = self.unclaimed_chains.saturating_sub(1);
+        self.unclaimed_descs = self.unclaimed_descs.saturating_sub(count);
+        let mut head = head;
+        if let Some(t) = self
+            .in_flight
+            .insert_near(u32::from(head.slot), u32::from(size))
+            .and_then(|t| u16::try_from(t).ok())
+        {
+            self.in_flight.remove(u32::from(token));
+            head.token = t;
         }
         chain.head = head;
         chain.body = body;
