@@ -41,7 +41,12 @@ fn restore_seeds() -> Vec<(String, Vec<u8>)> {
     use virtq::{Features, PackedQueue, Queue};
     use virtq_testkit::PackedDriver;
     let mut out = Vec::new();
-    let mut seed = |name: String, packed: bool, max: u16, state: &[u8], chains: &[Vec<u8>], mem: &TestMemory| {
+    let mut seed = |name: String,
+                    packed: bool,
+                    max: u16,
+                    state: &[u8],
+                    chains: &[Vec<u8>],
+                    mem: &TestMemory| {
         let mut e = Vec::new();
         e.push(u8::from(packed) | (max.trailing_zeros() as u8) << 1);
         e.extend((state.len() as u16).to_le_bytes());
@@ -80,13 +85,22 @@ fn restore_seeds() -> Vec<(String, Vec<u8>)> {
         for k in 0..5 {
             drv.add_chain(&[(DATA + 0x100 * k, 16, k % 2 == 0)]);
         }
-        let c: Vec<_> = (0..3).map(|_| q.pop_avail(&mem).unwrap().unwrap()).collect();
+        let c: Vec<_> = (0..3)
+            .map(|_| q.pop_avail(&mem).unwrap().unwrap())
+            .collect();
         q.push_used(&mem, c[0].head_index(), 4).unwrap();
         q.add_used(&mem, c[2].head_index(), 4).unwrap();
         if i == 2 {
             q.disable_notification(&mem).unwrap();
         }
-        seed(format!("split-{i}"), false, 8, q.save().as_bytes(), &[], &mem);
+        seed(
+            format!("split-{i}"),
+            false,
+            8,
+            q.save().as_bytes(),
+            &[],
+            &mem,
+        );
     }
     for (i, (size, start, features)) in [
         (8u16, (0u16, true), Features::empty()),
@@ -114,7 +128,10 @@ fn restore_seeds() -> Vec<(String, Vec<u8>)> {
         q.next_used_idx = start.0;
         q.used_wrap_counter = start.1;
         for k in 0..3u64 {
-            drv.add_chain(&[(DATA + 0x100 * k, 16, false), (DATA + 0x80 + 0x100 * k, 8, true)]);
+            drv.add_chain(&[
+                (DATA + 0x100 * k, 16, false),
+                (DATA + 0x80 + 0x100 * k, 8, true),
+            ]);
         }
         let mut c = [PackedChain::<4>::EMPTY; 3];
         for slot in &mut c {
@@ -129,7 +146,14 @@ fn restore_seeds() -> Vec<(String, Vec<u8>)> {
                 b
             })
             .collect();
-        seed(format!("packed-{i}"), true, 8, q.save().as_bytes(), &chains, &mem);
+        seed(
+            format!("packed-{i}"),
+            true,
+            8,
+            q.save().as_bytes(),
+            &chains,
+            &mem,
+        );
     }
     out
 }

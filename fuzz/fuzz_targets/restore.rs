@@ -36,9 +36,8 @@ fn writes_inside(mem: &TestMemory, areas: &[(u64, u64)]) {
     for a in mem.take_log() {
         if matches!(a.kind, AccessKind::Write | AccessKind::Store16) {
             assert!(
-                areas
-                    .iter()
-                    .any(|&(at, len)| a.addr >= at && a.addr.saturating_add(a.len) <= at.saturating_add(len)),
+                areas.iter().any(|&(at, len)| a.addr >= at
+                    && a.addr.saturating_add(a.len) <= at.saturating_add(len)),
                 "write {a:?} outside the device-written areas {areas:x?}"
             );
         }
