@@ -7,6 +7,15 @@
 //!   barrier before it publishes `avail.idx`, §2.7.13.3.1).
 //! * `push_used` writes the used element, then a *release* fence, then stores `used.idx`
 //!   (§2.7.8.2: the element and the buffer data are visible before the index).
+//! * `needs_notification`: a *full* fence between the `used.idx` store and the read of
+//!   `used_event` / the avail flags (SPLIT-53).
+//! * `enable_notification`, and a `pop_avail` that finds the ring empty with kicks enabled
+//!   under EVENT_IDX: store `avail_event` (or clear NO_NOTIFY), *full* fence, read `avail.idx`
+//!   again (SPLIT-61, SPLIT-62).
+//!
+//! Every barrier goes through [`GuestMemory::fence`] with a [`Barrier`] naming what it orders,
+//! so the protocol explorer in the test kit can run this code under a store-buffer model and
+//! show that each one is needed.
 //!
 //! # Error policy
 //!
