@@ -7,9 +7,25 @@
 //! device's register window and forwards it to [`MmioTransport::read`] /
 //! [`MmioTransport::write`].
 
+mod core;
 pub mod mmio;
 
-pub use mmio::{MmioTransport, MmioVersion, NotifyMode, QueueSetupError};
+pub use self::core::QueueSetupError;
+pub use mmio::{MmioTransport, MmioVersion};
+
+/// When an available-buffer notification runs the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum NotifyMode {
+    /// Inside the trap: the notification calls [`VirtioDevice::queue_notify`] before the
+    /// access returns.
+    #[default]
+    Inline,
+    /// Later: the notification only records the kick ([`MmioTransport::take_kicks`]); the
+    /// hypervisor runs [`MmioTransport::process_queue`] or [`MmioTransport::poll`] from its
+    /// own context (an I/O thread, a deferred work item).
+    Deferred,
+}
 
 use crate::memory::GuestMemory;
 use crate::packed::PackedQueue;
