@@ -606,3 +606,42 @@ fn stale_packed_receive_buffer_dropped_on_queue_stop_h19() {
     );
     assert!(drivers[0].peek_used().is_none(), "old ring never completed");
 }
+
+/// Issue 12 item 6 (§3.1.1, §4.2.3.2): a queue enabled before FEATURES_OK, then RING_PACKED
+/// negotiated. The ring format is decided at FEATURES_OK, so an earlier enable cannot be
+/// honoured: it is refused with `FeaturesNotAccepted`, `QueueReady` reads 0 (not a ready
+/// queue that is dead) and DEVICE_NEEDS_RESET is raised. The driver sees both.
+#[test]
+fn queue_enabled_before_features_ok_then_packed_is_refused() {
+    let mem = ram();
+    let dev = BlkDevice::new(8, Features::RING_PACKED, 16);
+    let mut t = Mmio::<_, 1>::new(dev, &mem, MmioVersion::V2);
+    t.write(regs::STATUS, 4, ACK);
+    t.write(regs::STATUS, 4, ACK | DRIVER);
+    assert_eq!(
+        setup_queue(&mut t, 0, 16, areas(0)),
+        Some(QueueSetupError::FeaturesNotAccepted)
+    );
+    assert_eq!(t.read(regs::QUEUE_READY, 4), 0);
+    assert_ne!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0);
+    negotiate(&mut t, (Features::VERSION_1 | Features::RING_PACKED).bits());
+    assert!(t.is_packed());
+    t.write(regs::QUEUE_SEL, 4, 0);
+    assert_eq!(t.read(regs::QUEUE_READY, 4), 0, "no ready-but-dead queue");
+    assert!(!t.packed_queue(0).unwrap().ready);
+    assert!(!t.queue(0).unwrap().ready);
+    // After a reset, the driver that follows §3.1.1 gets a working packed queue.
+    t.write(regs::STATUS, 4, 0);
+    let (mut t, mut drivers) = packed_device::<_, 1>(
+        &mem,
+        BlkDevice::new(8, Features::RING_PACKED, 16),
+        Features::empty(),
+        16,
+    );
+    blk_header(&mem, blk::T_FLUSH, 0);
+    let id = drivers[0]
+        .add_chain(&[(HDR, 16, false), (STATUS, 1, true)])
+        .unwrap();
+    assert!(kick(&mut t, 0));
+    assert_eq!(drivers[0].pop_used().unwrap().id, id);
+}

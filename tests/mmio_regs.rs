@@ -838,3 +838,77 @@ fn legacy_queue_uses_written_features_before_driver_ok() {
     wr(&mut d, regs::QUEUE_PFN, 4);
     assert_eq!(d.queue(0).unwrap().features, Features::empty());
 }
+
+/// Issue 12 item 6, legacy v1 (LEG-10, §3.1.1, §2.1.2): the device is usable only once the
+/// driver has set ACKNOWLEDGE and DRIVER. A status that holds nothing but the device's own
+/// DEVICE_NEEDS_RESET (or DRIVER_OK written alone) is not a live device, so a notification
+/// for a queue the driver never acknowledged is ignored without touching memory.
+#[test]
+fn legacy_needs_reset_alone_is_not_live() {
+    let mem = TestMemory::m0();
+    let mut d = dev(&mem, 0, MmioVersion::Legacy);
+    // Queue 0 at PFN 4 and queue 1 in the hole, with no status written at all.
+    wr(&mut d, regs::QUEUE_SEL, 0);
+    wr(&mut d, regs::QUEUE_NUM, 16);
+    wr(&mut d, regs::QUEUE_PFN, 4);
+    assert!(d.queue(0).unwrap().ready);
+    wr(&mut d, regs::QUEUE_SEL, 1);
+    wr(&mut d, regs::QUEUE_NUM, 16);
+    wr(&mut d, regs::QUEUE_PFN, 0x150);
+    assert_eq!(d.queue_setup_error(1), Some(QueueSetupError::OutsideRam));
+    assert_eq!(rd(&d, regs::STATUS), 64, "only DEVICE_NEEDS_RESET");
+    assert!(!d.is_live());
+    let mut drv = SplitDriver::new(&mem, 16, 0x4000, 0x4100, 0x5000);
+    drv.add_chain(&[(0x8000, 4, false)]);
+    mem.start_recording();
+    wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert!(
+        d.device().notified.is_empty(),
+        "served a queue never acknowledged"
+    );
+    assert!(mem.take_log().is_empty());
+    // DRIVER_OK without ACKNOWLEDGE and DRIVER does not make it live either.
+    wr(&mut d, regs::STATUS, DRV_OK);
+    assert!(!d.is_live());
+    wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert!(d.device().notified.is_empty());
+    assert_eq!(d.device().activated, None);
+    // ACKNOWLEDGE | DRIVER: a legacy driver may now use the queue before DRIVER_OK.
+    wr(&mut d, regs::STATUS, ACK_DRV);
+    assert!(d.is_live());
+    wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert_eq!(d.device().notified, vec![0]);
+    assert_eq!(drv.pop_used(), Some((0, 0)));
+}
+
+/// Issue 12 item 6 on the split ring (§3.1.1: queues are set up after FEATURES_OK): a
+/// `QueueReady = 1` before FEATURES_OK is refused with a typed error, does not take (reads
+/// back 0), raises DEVICE_NEEDS_RESET and never touches memory; after a reset the same
+/// queue, enabled in the right order, works.
+#[test]
+fn queue_ready_before_features_ok_is_refused() {
+    let mem = TestMemory::m0();
+    let mut drv = SplitDriver::standard(&mem, 16);
+    let mut d = dev(&mem, V1, MmioVersion::V2);
+    wr(&mut d, regs::STATUS, ACK_DRV);
+    mem.start_recording();
+    enable(&mut d, 0, 16, drv.desc, drv.avail, drv.used);
+    assert!(mem.take_log().is_empty());
+    assert_eq!(
+        d.queue_setup_error(0),
+        Some(QueueSetupError::FeaturesNotAccepted)
+    );
+    assert_eq!(rd(&d, regs::QUEUE_READY), 0, "the enable did not take");
+    assert!(!d.queue(0).unwrap().ready);
+    assert!(needs_reset(&d));
+    // A FEATURES_OK that is refused (VERSION_1 missing) does not unlock it either.
+    set_features(&mut d, 0);
+    wr(&mut d, regs::STATUS, ACK_DRV | FEAT_OK);
+    wr(&mut d, regs::QUEUE_READY, 1);
+    assert_eq!(rd(&d, regs::QUEUE_READY), 0);
+    live(&mut d, &drv);
+    assert!(!needs_reset(&d));
+    drv.add_chain(&[(0x8000, 16, false)]);
+    wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert_eq!(drv.pop_used(), Some((0, 0)));
+}

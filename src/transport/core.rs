@@ -51,6 +51,11 @@ pub enum QueueSetupError {
     Overlap,
     /// Legacy: the page size or alignment makes the layout impossible.
     BadLegacyLayout,
+    /// The queue was enabled before the driver's FEATURES_OK was accepted. §3.1.1 sets queues
+    /// up after feature negotiation, and the ring format (split or packed) is only known
+    /// once the features are, so the enable does not take: the enable register reads back
+    /// 0, and the device raises DEVICE_NEEDS_RESET like for any refused queue.
+    FeaturesNotAccepted,
 }
 
 impl fmt::Display for QueueSetupError {
@@ -64,6 +69,7 @@ impl fmt::Display for QueueSetupError {
             Self::OutsideRam => f.write_str("ring outside guest RAM"),
             Self::Overlap => f.write_str("rings overlap"),
             Self::BadLegacyLayout => f.write_str("invalid legacy page size or alignment"),
+            Self::FeaturesNotAccepted => f.write_str("queue enabled before FEATURES_OK"),
         }
     }
 }
@@ -252,15 +258,17 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         self.negotiated
     }
 
-    /// Whether the driver may use the device: not FAILED, and DRIVER_OK (modern) or any
-    /// status (legacy, LEG-10).
+    /// Whether the driver may use the device: not FAILED, and DRIVER_OK (modern) or
+    /// ACKNOWLEDGE and DRIVER (legacy: no FEATURES_OK step, and the queues may be used before
+    /// DRIVER_OK, LEG-10). A status holding only what the device set itself
+    /// (DEVICE_NEEDS_RESET) is never live: §3.1.1 has the driver acknowledge the device
+    /// before it uses it.
     pub(crate) fn is_live(&self) -> bool {
         let s = self.status;
         !s.contains(DeviceStatus::FAILED)
             && match self.flavor {
                 Flavor::Modern => s.contains(DeviceStatus::DRIVER_OK),
-                // LEG-10: a legacy driver may use the device before DRIVER_OK.
-                Flavor::Legacy => !s.is_empty(),
+                Flavor::Legacy => s.contains(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER),
             }
     }
 
@@ -358,7 +366,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             let ok = match self.flavor {
                 // Not live without an accepted FEATURES_OK (INIT-08).
                 Flavor::Modern => new.contains(DeviceStatus::FEATURES_OK),
-                Flavor::Legacy => true,
+                // Legacy: no FEATURES_OK step, but the driver has acknowledged the device.
+                Flavor::Legacy => acked,
             };
             if ok {
                 new |= DeviceStatus::DRIVER_OK;
@@ -537,6 +546,14 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     pub(crate) fn enable_queue<S: Signals>(&mut self, index: usize, sig: &mut S) {
         if !self.queue_exists(index) || self.queue_enabled(index) {
             return; // MMIO-20; a second enable changes nothing
+        }
+        if self.flavor == Flavor::Modern && !self.features_latched {
+            if let Some(r) = self.regs.get_mut(index) {
+                r.refused = Some(QueueSetupError::FeaturesNotAccepted);
+            }
+            warn!("virtq: queue {} enabled before FEATURES_OK: refused", index);
+            self.raise_needs_reset(sig);
+            return;
         }
         let num = self.queue_num(index);
         let Some(r) = self.regs.get_mut(index) else {

@@ -40,6 +40,13 @@
 //! * A queue is validated when it is enabled (`QueueReady = 1`, or a non-zero `QueuePFN` in
 //!   legacy mode): size, alignment, address overflow, guest-RAM ranges and overlap (H9). A
 //!   refused queue is never read; the device raises DEVICE_NEEDS_RESET.
+//! * On version 2 a queue is set up after FEATURES_OK (§3.1.1): only then is the ring format
+//!   known. `QueueReady = 1` before an accepted FEATURES_OK is refused
+//!   ([`QueueSetupError::FeaturesNotAccepted`]): it does not take (`QueueReady` reads 0) and
+//!   raises DEVICE_NEEDS_RESET, so a queue never reads as ready while it is dead.
+//! * A legacy device is usable once the driver set ACKNOWLEDGE and DRIVER (no FEATURES_OK
+//!   step, and use before DRIVER_OK is allowed, LEG-10); a status holding only the device's
+//!   own DEVICE_NEEDS_RESET is not a live device.
 //! * A queue that hits a fatal guest error ([`Queue::is_broken`]) raises DEVICE_NEEDS_RESET
 //!   plus a configuration-change interrupt, once; the other queues keep running.
 //! * Notifications for unknown, disabled, refused or broken queues, before DRIVER_OK or after
