@@ -40,13 +40,14 @@ impl TrapHandler {
 impl MmioBus for TrapHandler {
     /// A trapped guest load: answer from the register file.
     fn read(&self, offset: u64, width: u8) -> u32 {
-        self.trap(|dev| dev.read(offset, width))
+        // The guest loads at most 32 bits: the value is in the low bytes.
+        self.trap(|dev| dev.read(offset, width)) as u32
     }
 
     /// A trapped guest store. A `QueueNotify` runs the device to completion inside the trap;
     /// the return value is the interrupt line level to forward to the interrupt controller.
     fn write(&self, offset: u64, width: u8, value: u32) {
-        if self.trap(|dev| dev.write(offset, width, value)) {
+        if self.trap(|dev| dev.write(offset, width, value.into())) {
             self.irqs.set(self.irqs.get() + 1); // a hypervisor would assert the guest's IRQ here
         }
     }

@@ -330,7 +330,7 @@ fn blk_device_rejects_bad_requests_h21() {
         (regs::QUEUE_READY, 1),
         (regs::STATUS, 15),
     ] {
-        d.write(off, 4, v);
+        d.write(off, 4, v.into());
     }
     let header = |t: u32, sector: u64| {
         let mut h = [0u8; 16];

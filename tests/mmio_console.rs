@@ -88,7 +88,7 @@ fn stale_receive_buffer_dropped_on_queue_stop_h19() {
         MmioVersion::V2,
     );
     let w = |d: &mut MmioTransport<ConsoleDevice, &TestMemory, 2>, off: u64, v: u64| {
-        d.write(off, 4, v as u32);
+        d.write(off, 4, v);
     };
     let enable = |d: &mut MmioTransport<ConsoleDevice, &TestMemory, 2>, q: &SplitDriver, i| {
         w(d, regs::QUEUE_SEL, i);

@@ -1,5 +1,5 @@
-//! A hostile guest writes garbage to every register offset (0..0x200, step 1) at every access
-//! width (1, 2, 4, 8), on both transport versions. The device must stay consistent (no panic,
+//! A hostile guest writes garbage (values up to 48 bits) to every register offset (0..0x200,
+//! step 1) at every access width (1, 2, 4, 8), on both transport versions. The device must stay consistent (no panic,
 //! sane status and queues) and a normal driver must then be able to reset and use it.
 
 use virtq::Features;
@@ -25,7 +25,7 @@ fn sweep(dev: &Dev, seed: u64) -> (u32, u32, u32) {
     let mut s = seed;
     // Values that matter to a register file, plus addresses inside guest RAM and random words.
     let specials = [
-        0u32,
+        0u64,
         1,
         2,
         0xF,
@@ -34,8 +34,8 @@ fn sweep(dev: &Dev, seed: u64) -> (u32, u32, u32) {
         0x1_0000,
         0x7FFF_FFFF,
         0xFFFF_FFFF,
-        GUEST_RAM_BASE as u32,
-        GUEST_RAM_BASE as u32 + 0x1000,
+        GUEST_RAM_BASE,
+        GUEST_RAM_BASE + 0x1000,
     ];
     for _round in 0..48 {
         for off in 0..0x200u64 {
@@ -44,7 +44,8 @@ fn sweep(dev: &Dev, seed: u64) -> (u32, u32, u32) {
                 let v = if r & 1 == 0 {
                     specials[(r >> 8) as usize % specials.len()]
                 } else {
-                    (r >> 16) as u32
+                    // 48 random bits: the upper bytes reach 8-byte accesses.
+                    r >> 16
                 };
                 let mut t = dev.lock().unwrap();
                 t.write(off, width, v);

@@ -14,11 +14,11 @@ use virtq_testkit::{PackedDriver, TestMemory, pflags};
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U32, U64};
 
-const ACK: u32 = 1;
-const DRIVER: u32 = 2;
-const DRIVER_OK: u32 = 4;
-const FEATURES_OK: u32 = 8;
-const NEEDS_RESET: u32 = 64;
+const ACK: u64 = 1;
+const DRIVER: u64 = 2;
+const DRIVER_OK: u64 = 4;
+const FEATURES_OK: u64 = 8;
+const NEEDS_RESET: u64 = 64;
 /// `RING_EVENT_FLAGS_DISABLE` in the driver event structure (§2.8.10).
 const EVENT_DISABLE: u16 = 1;
 
@@ -42,7 +42,7 @@ fn offered<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>) -> u64 {
     let lo = t.read(regs::DEVICE_FEATURES, 4);
     t.write(regs::DEVICE_FEATURES_SEL, 4, 1);
     let hi = t.read(regs::DEVICE_FEATURES, 4);
-    u64::from(lo) | (u64::from(hi) << 32)
+    lo | (hi << 32)
 }
 
 /// ACKNOWLEDGE, DRIVER, accept `offered & want`, FEATURES_OK (must latch). Returns the set.
@@ -51,9 +51,9 @@ fn negotiate<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>, want: u64)
     t.write(regs::STATUS, 4, ACK | DRIVER);
     let accept = offered(t) & want;
     t.write(regs::DRIVER_FEATURES_SEL, 4, 0);
-    t.write(regs::DRIVER_FEATURES, 4, accept as u32);
+    t.write(regs::DRIVER_FEATURES, 4, accept & 0xFFFF_FFFF);
     t.write(regs::DRIVER_FEATURES_SEL, 4, 1);
-    t.write(regs::DRIVER_FEATURES, 4, (accept >> 32) as u32);
+    t.write(regs::DRIVER_FEATURES, 4, accept >> 32);
     t.write(regs::STATUS, 4, ACK | DRIVER | FEATURES_OK);
     assert_ne!(
         t.read(regs::STATUS, 4) & FEATURES_OK,
@@ -71,15 +71,15 @@ fn setup_queue<D: VirtioDevice, const Q: usize>(
     size: u32,
     (desc, driver, device): Areas,
 ) -> Option<QueueSetupError> {
-    t.write(regs::QUEUE_SEL, 4, u32::from(q));
-    t.write(regs::QUEUE_NUM, 4, size);
+    t.write(regs::QUEUE_SEL, 4, q.into());
+    t.write(regs::QUEUE_NUM, 4, size.into());
     for (lo, hi, v) in [
         (regs::QUEUE_DESC_LOW, regs::QUEUE_DESC_HIGH, desc),
         (regs::QUEUE_DRIVER_LOW, regs::QUEUE_DRIVER_HIGH, driver),
         (regs::QUEUE_DEVICE_LOW, regs::QUEUE_DEVICE_HIGH, device),
     ] {
-        t.write(lo, 4, v as u32);
-        t.write(hi, 4, (v >> 32) as u32);
+        t.write(lo, 4, v & 0xFFFF_FFFF);
+        t.write(hi, 4, v >> 32);
     }
     t.write(regs::QUEUE_READY, 4, 1);
     t.queue_setup_error(q)
@@ -96,10 +96,10 @@ fn go_live<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>) {
 /// `QueueNotify` for queue `q`; returns whether a used-buffer interrupt was raised, and
 /// acknowledges it.
 fn kick<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>, q: u16) -> bool {
-    t.write(regs::QUEUE_NOTIFY, 4, u32::from(q));
+    t.write(regs::QUEUE_NOTIFY, 4, q.into());
     let status = t.read(regs::INTERRUPT_STATUS, 4);
     t.write(regs::INTERRUPT_ACK, 4, status);
-    status & INT_VRING != 0
+    status & u64::from(INT_VRING) != 0
 }
 
 /// A live device with `queues` packed queues of `size`, and one driver per queue.
@@ -584,7 +584,7 @@ fn stale_packed_receive_buffer_dropped_on_queue_stop_h19() {
     post_rx(&mut drivers[0], false, old_buf, 64, 1);
     kick(&mut t, console::RX);
     // QueueReady = 0 on the receive queue.
-    t.write(regs::QUEUE_SEL, 4, u32::from(console::RX));
+    t.write(regs::QUEUE_SEL, 4, console::RX.into());
     t.write(regs::QUEUE_READY, 4, 0);
     assert!(!t.packed_queue(console::RX).unwrap().ready);
     // Re-enable at new addresses with a fresh driver.

@@ -85,12 +85,13 @@ fn dev(mem: &TestMemory, features: u64, version: MmioVersion) -> Dev<'_> {
     )
 }
 
+/// An aligned 32-bit register read (the value is in the low 32 bits).
 fn rd(d: &Dev<'_>, off: u64) -> u32 {
-    d.read(off, 4)
+    u32::try_from(d.read(off, 4)).expect("a 32-bit register")
 }
 
 fn wr(d: &mut Dev<'_>, off: u64, v: u32) -> bool {
-    d.write(off, 4, v)
+    d.write(off, 4, v.into())
 }
 
 fn set_features(d: &mut Dev<'_>, f: u64) {
@@ -642,27 +643,37 @@ fn remaining_registers_and_widths() {
     d.write(regs::STATUS, 2, 1);
     d.write(regs::STATUS + 2, 4, 1);
     assert_eq!(rd(&d, regs::STATUS), 0);
-    // Config space (MMIO-23/24): 1/2/4-byte naturally aligned, zero past the end.
+    // Config space (MMIO-23/24): 1, 2, 4 and 8 bytes at any offset, byte for byte, zero
+    // past the end (every offset and width: `every_offset_and_width_issue15`).
     assert_eq!(d.read(regs::CONFIG, 1), 0x11);
     assert_eq!(d.read(regs::CONFIG + 2, 2), 0x4433);
     assert_eq!(d.read(regs::CONFIG + 4, 4), 0x8877_6655);
-    assert_eq!(d.read(regs::CONFIG + 6, 4), 0, "misaligned");
-    assert_eq!(d.read(regs::CONFIG + 1, 2), 0, "misaligned");
+    assert_eq!(
+        d.read(regs::CONFIG + 6, 4),
+        0x8877,
+        "misaligned, half past the end"
+    );
+    assert_eq!(d.read(regs::CONFIG + 1, 2), 0x3322, "misaligned");
     assert_eq!(
         d.read(regs::CONFIG, 8),
-        0,
-        "64-bit: two 32-bit halves instead"
+        0x8877_6655_4433_2211,
+        "one 64-bit load"
     );
     assert_eq!(d.read(regs::CONFIG + 6, 2), 0x8877);
     assert_eq!(d.read(regs::CONFIG + 8, 4), 0, "past the end");
     assert_eq!(d.read(u64::MAX - 3, 4), 0);
+    assert_eq!(d.read(u64::MAX, 8), 0);
     // INIT-03: config writes before FEATURES_OK are ignored; after, passed through.
     d.write(regs::CONFIG, 1, 0xAB);
     assert!(d.device().config_writes.is_empty());
     assert_eq!(negotiate(&mut d, V1) & FEAT_OK, FEAT_OK);
-    d.write(regs::CONFIG + 4, 4, 0x0102_0304);
-    d.write(regs::CONFIG + 3, 4, 0x0102_0304); // misaligned: ignored
-    assert_eq!(d.device().config_writes, vec![(4, vec![4, 3, 2, 1])]);
+    d.write(regs::CONFIG + 4, 4, 0xFFFF_FFFF_0102_0304); // bytes above the width ignored
+    d.write(regs::CONFIG + 3, 8, 0x0807_0605_0403_0201);
+    d.write(regs::CONFIG + 3, 3, 0x0102_0304); // no such width: ignored
+    assert_eq!(
+        d.device().config_writes,
+        vec![(4, vec![4, 3, 2, 1]), (3, vec![1, 2, 3, 4, 5, 6, 7, 8])]
+    );
     // MMIO-25: features read without a selector write use selector 0.
     wr(&mut d, regs::STATUS, 0);
     assert_eq!(rd(&d, regs::DEVICE_FEATURES), 0);
@@ -911,4 +922,107 @@ fn queue_ready_before_features_ok_is_refused() {
     drv.add_chain(&[(0x8000, 16, false)]);
     wr(&mut d, regs::QUEUE_NOTIFY, 0);
     assert_eq!(drv.pop_used(), Some((0, 0)));
+}
+
+/// Every readable control register of the window as aligned 32-bit reads, plus what the
+/// device model saw: what an ignored access must leave unchanged.
+fn observe(d: &Dev<'_>) -> (Vec<u32>, u64, usize, usize, u32, usize) {
+    let regs = (0..regs::CONFIG).step_by(4).map(|o| rd(d, o)).collect();
+    let p = d.device();
+    (
+        regs,
+        d.negotiated_features(),
+        p.notified.len(),
+        p.config_writes.len(),
+        p.resets,
+        p.queue_resets.len(),
+    )
+}
+
+/// Issue 15 "Access widths" (MMIO-21, MMIO-22, MMIO-23, MMIO-24, §4.2.2): every offset of the
+/// window at every width a trap delivers (1, 2, 4, 8 bytes, value in a `u64`) and at widths
+/// none does (0, 3, 16), on a live device of each version.
+///
+/// * Control registers: only aligned 4-byte accesses. Every other width or alignment reads 0
+///   and a write of it (all-zero or all-ones) changes nothing the driver or device can see.
+/// * Device configuration: 1, 2, 4 and 8 bytes at any offset read exactly the device's bytes
+///   (zero past its end) and write exactly `width` bytes (the low bytes of the value).
+#[test]
+fn every_offset_and_width_issue15() {
+    let mem = TestMemory::m0();
+    for version in [MmioVersion::V2, MmioVersion::Legacy] {
+        let drv = SplitDriver::standard(&mem, 16);
+        let mut d = dev(&mem, V1 | Features::RING_RESET.bits() | 1, version);
+        match version {
+            MmioVersion::V2 => {
+                assert_eq!(
+                    negotiate(&mut d, V1 | Features::RING_RESET.bits()) & FEAT_OK,
+                    FEAT_OK
+                );
+                enable(&mut d, 0, 16, drv.desc, drv.avail, drv.used);
+            }
+            MmioVersion::Legacy => {
+                wr(&mut d, regs::STATUS, ACK_DRV);
+                wr(&mut d, regs::QUEUE_NUM, 16);
+                wr(&mut d, regs::QUEUE_PFN, 4);
+            }
+        }
+        wr(&mut d, regs::STATUS, ACK_DRV | FEAT_OK | DRV_OK);
+        assert!(d.is_live() && d.queue(0).unwrap().ready, "{version:?}");
+        let before = observe(&d);
+        for off in 0..regs::CONFIG {
+            for width in [0u8, 1, 2, 3, 4, 8, 16] {
+                let valid = width == 4 && off % 4 == 0;
+                let v = d.read(off, width);
+                if valid {
+                    assert_eq!(v, u64::from(rd(&d, off)));
+                    assert!(v <= u64::from(u32::MAX), "a 32-bit register at {off:#x}");
+                    continue;
+                }
+                assert_eq!(v, 0, "{version:?} read {off:#x} width {width}");
+                for value in [0, u64::MAX, 0xF, 1] {
+                    d.write(off, width, value);
+                }
+                assert_eq!(
+                    observe(&d),
+                    before,
+                    "{version:?} write {off:#x} width {width} took effect"
+                );
+            }
+        }
+        // The value's bytes above the width are ignored: the low 32 bits of this STATUS
+        // write are 0, a reset (the upper half is not "a non-zero status").
+        d.write(regs::STATUS, 4, 0xFFFF_FFFF_0000_0000);
+        assert_eq!(rd(&d, regs::STATUS), 0, "{version:?}");
+        // Device configuration: the image is CONFIG (8 bytes) followed by zeros.
+        let image = |at: u64, n: u64| -> u64 {
+            (0..n).fold(0, |acc, k| {
+                let b = CONFIG.get((at + k) as usize).copied().unwrap_or(0);
+                acc | u64::from(b) << (8 * k)
+            })
+        };
+        if version == MmioVersion::V2 {
+            assert_eq!(negotiate(&mut d, V1) & FEAT_OK, FEAT_OK);
+        }
+        for at in 0..16u64 {
+            for width in [0u8, 1, 2, 3, 4, 8, 16] {
+                let ok = matches!(width, 1 | 2 | 4 | 8);
+                let want = if ok { image(at, u64::from(width)) } else { 0 };
+                assert_eq!(
+                    d.read(regs::CONFIG + at, width),
+                    want,
+                    "{version:?} config {at:#x} width {width}"
+                );
+                let writes = d.device().config_writes.len();
+                d.write(regs::CONFIG + at, width, 0x0807_0605_0403_0201);
+                let got = &d.device().config_writes[writes..];
+                if ok {
+                    let bytes: Vec<u8> = (1..=width).collect();
+                    assert_eq!(got, [(at as u32, bytes)], "{version:?} {at:#x}/{width}");
+                } else {
+                    assert!(got.is_empty(), "{version:?} config width {width} written");
+                }
+            }
+        }
+    }
 }

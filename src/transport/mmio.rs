@@ -19,6 +19,8 @@
 //! // In the trap handler: offset inside the window, access width in bytes, value.
 //! let magic = dev.read(0x000, 4);
 //! assert_eq!(magic, 0x7472_6976);
+//! // Device configuration answers 1-, 2-, 4- and 8-byte accesses (here all zero).
+//! assert_eq!(dev.read(0x100, 8), 0);
 //! let irq_line = dev.write(0x070, 4, 1); // Status = ACKNOWLEDGE
 //! assert!(!irq_line);
 //! ```
@@ -29,9 +31,12 @@
 //!
 //! # What the transport checks
 //!
-//! * Control registers accept only aligned 32-bit accesses; anything else reads as zero and
-//!   is ignored on write (MMIO-21). Undefined offsets, writes to read-only registers and reads
-//!   of write-only registers are likewise read-as-zero / write-ignored (MMIO-22).
+//! * Accesses are 1, 2, 4 or 8 bytes wide, as a trap delivers them, with the value in the low
+//!   bytes of a `u64`, little-endian. Control registers accept only aligned 32-bit accesses;
+//!   anything else reads as zero and is ignored on write (MMIO-21). The device configuration
+//!   (from 0x100) accepts every one of those widths at any offset (MMIO-23, MMIO-24).
+//!   Undefined offsets, writes to read-only registers and reads of write-only registers are
+//!   read-as-zero / write-ignored (MMIO-22).
 //! * The device status is a state machine (§2.1, §3.1.1): bits are sticky until reset,
 //!   FEATURES_OK latches only for a valid feature subset, DRIVER_OK only after FEATURES_OK,
 //!   DEVICE_NEEDS_RESET belongs to the device, FAILED stops everything until reset, and a
@@ -82,7 +87,7 @@ use crate::split::Queue;
 use crate::wire::{DeviceStatus, Features, split_layout as layout};
 
 use super::core::{Area, Core, Flavor, Signals};
-use super::{NotifyMode, QueueSetupError, VirtioDevice};
+use super::{NotifyMode, QueueSetupError, VirtioDevice, access_len};
 
 /// Register offsets of the virtio-mmio window (§4.2.2, legacy §4.2.4).
 pub mod regs {
@@ -409,18 +414,31 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         self.interrupt_asserted()
     }
 
-    /// Guest read of `width` bytes (1, 2, 4 or 8) at `offset` in the register window.
+    /// Guest read of `width` bytes at `offset` in the register window: the value in the low
+    /// `width` bytes of the result, little-endian (a trap's 1-, 2-, 4- or 8-byte load).
     ///
-    /// Control registers answer only aligned 32-bit reads; the configuration space (from
-    /// 0x100) answers naturally aligned 1-, 2- and 4-byte reads. Everything else reads 0.
-    /// Reads have no side effects (in particular `InterruptStatus` is not cleared, MMIO-R14).
-    pub fn read(&self, offset: u64, width: u8) -> u32 {
+    /// Control registers (below 0x100) answer only aligned 32-bit reads (MMIO-21). The device
+    /// configuration (from 0x100, §4.2.2 `Config`) answers 1-, 2-, 4- and 8-byte reads at any
+    /// offset, byte for byte (MMIO-23, MMIO-24); bytes past the device's configuration read
+    /// 0. Every other access reads 0. Reads have no side effects (in particular
+    /// `InterruptStatus` is not cleared, MMIO-R14).
+    pub fn read(&self, offset: u64, width: u8) -> u64 {
         if offset >= regs::CONFIG {
-            return self.read_config(offset.wrapping_sub(regs::CONFIG), width);
+            let mut buf = [0u8; 8];
+            if let Some(data) = access_len(width).and_then(|n| buf.get_mut(..n)) {
+                self.core
+                    .read_config(offset.wrapping_sub(regs::CONFIG), data);
+            }
+            return u64::from_le_bytes(buf);
         }
         if width != 4 || !offset.is_multiple_of(4) {
             return 0;
         }
+        u64::from(self.read_register(offset))
+    }
+
+    /// An aligned 32-bit read of control register `offset`.
+    fn read_register(&self, offset: u64) -> u32 {
         let v2 = self.version == MmioVersion::V2;
         let q = self.selected();
         match offset {
@@ -450,18 +468,33 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         }
     }
 
-    /// Guest write of `width` bytes at `offset`. Returns the interrupt line level afterwards.
+    /// Guest write of `width` bytes at `offset`, the value in the low `width` bytes of
+    /// `value`, little-endian (a trap's 1-, 2-, 4- or 8-byte store; higher bytes are ignored).
+    /// Returns the interrupt line level afterwards.
     ///
-    /// Accesses the register file does not define (wrong width, misaligned, read-only,
-    /// unknown offset) are ignored (MMIO-21, MMIO-22).
-    pub fn write(&mut self, offset: u64, width: u8, value: u32) -> bool {
+    /// The widths are [`read`](Self::read)'s: aligned 32-bit writes to control registers,
+    /// 1, 2, 4 or 8 bytes anywhere in the device configuration (passed to
+    /// [`VirtioDevice::write_config`] after FEATURES_OK, INIT-03). Accesses the register file
+    /// does not define (another width, misaligned, read-only, unknown offset) are ignored
+    /// (MMIO-21, MMIO-22).
+    pub fn write(&mut self, offset: u64, width: u8, value: u64) -> bool {
         if offset >= regs::CONFIG {
-            self.write_config(offset.wrapping_sub(regs::CONFIG), width, value);
+            let buf = value.to_le_bytes();
+            if let Some(data) = access_len(width).and_then(|n| buf.get(..n)) {
+                self.core
+                    .write_config(offset.wrapping_sub(regs::CONFIG), data);
+            }
             return self.interrupt_asserted();
         }
-        if width != 4 || !offset.is_multiple_of(4) {
-            return self.interrupt_asserted();
+        if width == 4 && offset.is_multiple_of(4) {
+            // The low four bytes are the register value.
+            self.write_register(offset, u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0));
         }
+        self.interrupt_asserted()
+    }
+
+    /// An aligned 32-bit write of control register `offset`.
+    fn write_register(&mut self, offset: u64, value: u32) {
         let v2 = self.version == MmioVersion::V2;
         let q = self.selected();
         match (offset, q) {
@@ -521,7 +554,6 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             // regions), read-only registers and gaps: ignored.
             _ => {}
         }
-        self.interrupt_asserted()
     }
 
     /// Kicks recorded in [`NotifyMode::Deferred`] since the last call: calls `f` with each
@@ -578,22 +610,6 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         self.core.enable_legacy(i, areas, &mut self.int);
     }
 
-    fn read_config(&self, offset: u64, width: u8) -> u32 {
-        let mut buf = [0u8; 4];
-        let Some(data) = config_slice(&mut buf, offset, width) else {
-            return 0;
-        };
-        self.core.read_config(offset, data);
-        u32::from_le_bytes(buf)
-    }
-
-    fn write_config(&mut self, offset: u64, width: u8, value: u32) {
-        let mut buf = value.to_le_bytes();
-        if let Some(data) = config_slice(&mut buf, offset, width) {
-            self.core.write_config(offset, data);
-        }
-    }
-
     fn write_status(&mut self, value: u32) {
         if value == 0 {
             self.reset();
@@ -616,18 +632,6 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         self.queue_sel = 0;
         self.guest_page_size = LEGACY_DEFAULT_PAGE;
     }
-}
-
-/// The first `width` bytes of `buf` for a naturally aligned 1-, 2- or 4-byte config access.
-fn config_slice(buf: &mut [u8; 4], offset: u64, width: u8) -> Option<&mut [u8]> {
-    let w = match width {
-        1 | 2 | 4 => width,
-        _ => return None,
-    };
-    if !offset.is_multiple_of(u64::from(w)) {
-        return None;
-    }
-    buf.get_mut(..usize::from(w))
 }
 
 /// Legacy contiguous layout (§2.7.2, LEG-07): descriptor table at `pfn * page`, available

@@ -76,13 +76,14 @@ pub trait VirtioDevice {
     #[doc(alias = "QueueNumMax")]
     fn queue_max_size(&self, index: u16) -> u16;
 
-    /// Read `data.len()` (1, 2 or 4) bytes of device-specific configuration at `offset`
-    /// (§2.5, little-endian). `data` arrives zeroed; leave bytes past the end of the
-    /// configuration untouched (they read as zero). [`config_read`] does this for a byte
-    /// image.
+    /// Read `data.len()` (1, 2, 4 or 8) bytes of device-specific configuration at `offset`
+    /// (§2.5, little-endian), at any alignment. `data` arrives zeroed; leave bytes past the
+    /// end of the configuration untouched (they read as zero). [`config_read`] does this for
+    /// a byte image.
     fn read_config(&self, offset: u32, data: &mut [u8]);
 
-    /// Write device-specific configuration (§2.5). Ignore what is read-only or out of range.
+    /// Write `data.len()` (1, 2, 4 or 8) bytes of device-specific configuration at `offset`
+    /// (§2.5, little-endian), at any alignment. Ignore what is read-only or out of range.
     fn write_config(&mut self, offset: u32, data: &[u8]) {
         let _ = (offset, data);
     }
@@ -136,6 +137,12 @@ pub trait VirtioDevice {
         let _ = (index, queues, mem);
         false
     }
+}
+
+/// The access widths the transports answer: 1, 2, 4 or 8 bytes, what a trap delivers. `None`
+/// for any other width (such an access reads 0 and is ignored on write).
+pub(crate) fn access_len(width: u8) -> Option<usize> {
+    matches!(width, 1 | 2 | 4 | 8).then_some(usize::from(width))
 }
 
 /// Copy the part of `image` (a device's configuration space as bytes) that `[offset, offset +

@@ -346,10 +346,11 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioBus
     for Arc<Mutex<MmioTransport<D, M, Q>>>
 {
     fn read(&self, offset: u64, width: u8) -> u32 {
-        self.lock().unwrap().read(offset, width)
+        // This guest makes accesses of at most 4 bytes: the value is in the low 32 bits.
+        self.lock().unwrap().read(offset, width) as u32
     }
     fn write(&self, offset: u64, width: u8, value: u32) {
-        self.lock().unwrap().write(offset, width, value);
+        self.lock().unwrap().write(offset, width, value.into());
     }
 }
 

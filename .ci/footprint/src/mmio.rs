@@ -73,12 +73,12 @@ pub extern "C" fn _start() -> ! {
         MmioTransport::new(Device, mem, MmioVersion::V2);
     loop {
         // A trapped access: offset, direction, value (a stand-in for the hypervisor's decoder).
-        let (offset, is_write, value) = (u64::from(cfg(8)), cfg(9) != 0, cfg(10));
+        let (offset, is_write, value) = (u64::from(cfg(8)), cfg(9) != 0, u64::from(cfg(10)));
         let irq = if is_write {
             t.write(offset, 4, value)
         } else {
             // SAFETY: linked, never run.
-            unsafe { core::ptr::write_volatile(0x2000_0044 as *mut u32, t.read(offset, 4)) };
+            unsafe { core::ptr::write_volatile(0x2000_0044 as *mut u64, t.read(offset, 4)) };
             false
         };
         // SAFETY: linked, never run: the interrupt line.

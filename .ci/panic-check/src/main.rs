@@ -446,7 +446,7 @@ fn transport_calls<M: GuestMemory>(mem: M) {
         NotifyMode::Deferred
     });
     for k in 0..8 {
-        sink(t.write(any_u64(k), any_u64(k + 1) as u8, any_u32(k + 2)));
+        sink(t.write(any_u64(k), any_u64(k + 1) as u8, any_u64(k + 2)));
         sink(t.read(any_u64(k + 3), any_u64(k + 4) as u8));
     }
     t.take_kicks(|i| sink(i));
