@@ -645,3 +645,73 @@ fn queue_enabled_before_features_ok_then_packed_is_refused() {
     assert!(kick(&mut t, 0));
     assert_eq!(drivers[0].pop_used().unwrap().id, id);
 }
+
+/// Issue 15 "Packed ring sizes" (§2.8, PACKED-02; §2.7, SPLIT-01; §4.2.2 `QueueNumMax`): a
+/// device offering queues of 100 entries. A split ring must be a power of two, so before
+/// FEATURES_OK and with split rings `QueueNumMax` reads 64; once RING_PACKED is negotiated it
+/// reads the device's 100, and packed queues of 100 and of 37 entries carry block requests
+/// end to end through several laps of the ring. 101 is refused.
+#[test]
+fn packed_queue_of_any_size_up_to_the_device_max_issue15() {
+    let mem = ram();
+    let dev = || BlkDevice::new(64, Features::RING_PACKED, 100);
+    for size in [100u16, 37] {
+        let mut t = Mmio::<_, 1>::new(dev(), &mem, MmioVersion::V2);
+        t.write(regs::QUEUE_SEL, 4, 0);
+        assert_eq!(t.read(regs::QUEUE_NUM_MAX, 4), 64, "split maximum first");
+        negotiate(&mut t, (Features::VERSION_1 | Features::RING_PACKED).bits());
+        assert_eq!(
+            t.read(regs::QUEUE_NUM_MAX, 4),
+            100,
+            "not rounded for packed"
+        );
+        let (d, a, u) = areas(0);
+        let mut drv = PackedDriver::new(&mem, size, d, a, u);
+        assert_eq!(setup_queue(&mut t, 0, u32::from(size), (d, a, u)), None);
+        assert_eq!(t.packed_queue(0).unwrap().size, size);
+        go_live(&mut t);
+        for k in 0..2 * u64::from(size) + 3 {
+            let sector = k % 64;
+            let pattern: Vec<u8> = (0..512u64).map(|i| (i * 3 + k) as u8).collect();
+            blk_header(&mem, blk::T_OUT, sector);
+            mem.poke(DATA, &pattern);
+            let id = add(
+                &mut drv,
+                false,
+                &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+            );
+            assert!(kick(&mut t, 0));
+            assert_eq!(drv.pop_used().map(|u| (u.id, u.len)), Some((id, 1)));
+            blk_header(&mem, blk::T_IN, sector);
+            mem.fill(READ_BUF, 512, 0);
+            let id = add(
+                &mut drv,
+                false,
+                &[(HDR, 16, false), (READ_BUF, 512, true), (STATUS, 1, true)],
+            );
+            assert!(kick(&mut t, 0));
+            assert_eq!(drv.pop_used().map(|u| (u.id, u.len)), Some((id, 513)));
+            assert_eq!(mem.peek(READ_BUF, 512), pattern, "size {size} request {k}");
+        }
+        assert_eq!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0);
+    }
+    // Above the device's maximum: refused.
+    let mut t = Mmio::<_, 1>::new(dev(), &mem, MmioVersion::V2);
+    negotiate(&mut t, (Features::VERSION_1 | Features::RING_PACKED).bits());
+    assert_eq!(
+        setup_queue(&mut t, 0, 101, areas(0)),
+        Some(QueueSetupError::SizeTooLarge { size: 101 })
+    );
+    // Split negotiated: the maximum is 64, and 100 is refused.
+    let mut t = Mmio::<_, 1>::new(dev(), &mem, MmioVersion::V2);
+    negotiate(&mut t, Features::VERSION_1.bits());
+    t.write(regs::QUEUE_SEL, 4, 0);
+    assert_eq!(t.read(regs::QUEUE_NUM_MAX, 4), 64);
+    assert_eq!(
+        setup_queue(&mut t, 0, 100, areas(0)),
+        Some(QueueSetupError::SizeTooLarge { size: 100 })
+    );
+    // The refused queue reads as enabled (MMIO-16) until the driver stops it.
+    t.write(regs::QUEUE_READY, 4, 0);
+    assert_eq!(setup_queue(&mut t, 0, 64, areas(0)), None);
+}

@@ -198,10 +198,10 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     /// power of two as a split ring (0: no such queue).
     pub(crate) fn new(device: D, mem: M, flavor: Flavor, offered: u64) -> Self {
         let max = |i: usize| u16::try_from(i).map_or(0, |i| device.queue_max_size(i));
-        let queues: [Queue; Q] = core::array::from_fn(|i| Queue::new(max(i)));
-        // Same `QueueNumMax` whichever ring format the driver picks.
-        let packed =
-            core::array::from_fn(|i| PackedQueue::new(queues.get(i).map_or(0, |q| q.max_size)));
+        // `Queue::new` rounds the maximum down to a power of two (§2.7); a packed ring may
+        // have any size up to the device's maximum (§2.8, PACKED-02).
+        let queues = core::array::from_fn(|i| Queue::new(max(i)));
+        let packed = core::array::from_fn(|i| PackedQueue::new(max(i)));
         Self {
             device,
             mem,

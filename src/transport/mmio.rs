@@ -68,7 +68,9 @@
 //! [`VirtioDevice::device_features`]. If the driver accepts it, every queue enabled after
 //! FEATURES_OK is a [`PackedQueue`]: `QueueDesc` is the descriptor ring, `QueueDriver` the
 //! driver event suppression structure and `QueueDevice` the device event suppression structure.
-//! Its size may be any value from 1 to `QueueNumMax` (PACKED-02, PACKED-03); the ring must be
+//! `QueueNumMax` then reads the device's own maximum, not rounded to a power of two (the
+//! split-ring value before FEATURES_OK). Its size may be any value from 1 to `QueueNumMax`
+//! (PACKED-02, PACKED-03); the ring must be
 //! 16-aligned and the event structures 4-aligned (PACKED-04) and all three in guest RAM
 //! (PACKED-05). Notifications then go to [`VirtioDevice::queue_notify_packed`].
 //!

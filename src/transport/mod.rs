@@ -71,8 +71,11 @@ pub trait VirtioDevice {
         true
     }
 
-    /// Largest size of queue `index` (`QueueNumMax`), or 0 if the queue does not exist. Asked
-    /// once, when the transport is built; rounded down to a power of two ≤ 32768.
+    /// Largest size of queue `index` (`QueueNumMax`, PCI `queue_size` at reset), or 0 if the
+    /// queue does not exist. Asked once, when the transport is built, and clamped to 32768.
+    /// A split ring's size must be a power of two (§2.7), so until the driver negotiates
+    /// `VIRTIO_F_RING_PACKED` the transport shows this rounded down to a power of two; a
+    /// packed ring may have any size up to it (§2.8), so with RING_PACKED it is shown as is.
     #[doc(alias = "QueueNumMax")]
     fn queue_max_size(&self, index: u16) -> u16;
 
