@@ -19,7 +19,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`transport`] | [`MmioTransport`](transport::MmioTransport): the virtio-mmio register file (§4.2, v2 and legacy) a trap handler forwards to, and the [`VirtioDevice`](transport::VirtioDevice) trait a device model implements |
+//! | [`transport`] | [`MmioTransport`](transport::MmioTransport) (virtio-mmio, §4.2, v2 and legacy) and [`PciTransport`](transport::PciTransport) (virtio-pci, §4.1: configuration space, BAR, MSI-X, INTx) on one transport core, which a trap handler forwards to, and the [`VirtioDevice`](transport::VirtioDevice) trait a device model implements |
 //! | [`split`] | [`Queue`], the split virtqueue (§2.7) |
 //! | [`packed`] | [`PackedQueue`], the packed virtqueue (§2.8), same shape of API |
 //! | [`chain`] | [`DescriptorChain`], validated [`Descriptor`]s and the chain walk |

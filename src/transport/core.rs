@@ -142,6 +142,20 @@ impl QueueRegs {
     };
 }
 
+/// Device-independent feature bits every transport here can carry when the device offers them
+/// (§6): INDIRECT_DESC, EVENT_IDX, ACCESS_PLATFORM, IN_ORDER, ORDER_PLATFORM. VERSION_1,
+/// RING_PACKED, RING_RESET and NOTIFICATION_DATA depend on the transport; SR_IOV,
+/// NOTIF_CONFIG_DATA, ADMIN_VQ and SUSPEND are never offered (no mechanism behind them); bits
+/// 44–49 are reserved (FEAT-02); 25, 26, 30, 31 are unassigned or legacy-only.
+pub(crate) const GENERIC_ALLOWED: u64 = Features::INDIRECT_DESC.bits()
+    | Features::EVENT_IDX.bits()
+    | Features::ACCESS_PLATFORM.bits()
+    | Features::IN_ORDER.bits()
+    | Features::ORDER_PLATFORM.bits();
+
+/// Device-type bits (§2.2): 0–23, 42 and 50–63 (41 is ADMIN_VQ, so it is withheld).
+pub(crate) const DEVICE_SPECIFIC: u64 = 0x00FF_FFFF | (1 << 42) | !((1u64 << 50) - 1);
+
 /// Negotiated bits a queue acts on.
 const QUEUE_FEATURES: Features = Features::INDIRECT_DESC
     .union(Features::EVENT_IDX)
@@ -177,6 +191,14 @@ pub(crate) struct Core<D, M, const Q: usize> {
     negotiated: u64,
     features_latched: bool,
     config_generation: u32,
+    /// Bump the generation at most once between two configuration reads (PCI's 8-bit
+    /// `config_generation`, §4.1.4.3.1); MMIO's 32-bit one bumps on every change.
+    lazy_generation: bool,
+    /// The generation was bumped and the driver has not read the configuration since.
+    generation_fresh: bool,
+    /// The transport lets the device do DMA (PCI: Bus Master Enable). Without it no queue is
+    /// run.
+    dma: bool,
 }
 
 impl<D: fmt::Debug, M, const Q: usize> fmt::Debug for Core<D, M, Q> {
@@ -216,6 +238,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             negotiated: 0,
             features_latched: false,
             config_generation: 0,
+            lazy_generation: false,
+            generation_fresh: false,
+            dma: true,
         }
     }
 
@@ -223,6 +248,17 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
 
     pub(crate) fn set_notify_mode(&mut self, mode: NotifyMode) {
         self.mode = mode;
+    }
+
+    /// Bump the configuration generation at most once between two configuration reads
+    /// ([`note_config_read`](Self::note_config_read)).
+    pub(crate) fn set_lazy_generation(&mut self) {
+        self.lazy_generation = true;
+    }
+
+    /// Whether the device may do DMA (PCI Bus Master Enable): without it no queue runs.
+    pub(crate) fn set_dma(&mut self, allowed: bool) {
+        self.dma = allowed;
     }
 
     pub(crate) fn queue(&self, index: u16) -> Option<&Queue> {
@@ -277,6 +313,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     /// Offered features, word `sel`.
     pub(crate) fn device_feature_word(&self, sel: u32) -> u32 {
         feature_word(self.offered, sel)
+    }
+
+    /// The driver's accepted features as the device keeps them (as written), word `sel`
+    /// (§4.1.4.3.1 allows presenting invalid bits; FEATURES_OK checks them).
+    pub(crate) fn driver_feature_word(&self, sel: u32) -> u32 {
+        feature_word(self.driver_features, sel)
     }
 
     /// The driver writes word `sel` of its accepted features. Frozen once latched (FEAT-09);
@@ -444,9 +486,15 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     }
 
     /// The device changed its configuration: a new generation, and a configuration change
-    /// notification once the driver is live (§3.2.1, MMIO-05, MMIO-07).
+    /// notification once the driver is live (§3.2.1, MMIO-05, MMIO-07). With a lazy
+    /// generation, no new one if the driver has not read the configuration since the last
+    /// (§4.1.4.3.1: the driver must see a change after reading a changed value; an 8-bit
+    /// counter bumped on every change could wrap back to a value it saw).
     pub(crate) fn signal_config_change<S: Signals>(&mut self, sig: &mut S) {
-        self.config_generation = self.config_generation.wrapping_add(1);
+        if !(self.lazy_generation && self.generation_fresh) {
+            self.config_generation = self.config_generation.wrapping_add(1);
+            self.generation_fresh = true;
+        }
         if self.status.contains(DeviceStatus::DRIVER_OK) {
             sig.config();
         }
@@ -458,6 +506,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         if let Ok(off) = u32::try_from(offset) {
             self.device.read_config(off, data);
         }
+    }
+
+    /// The driver read the device-specific configuration: the next change bumps the
+    /// generation.
+    pub(crate) fn note_config_read(&mut self) {
+        self.generation_fresh = false;
     }
 
     /// Write device-specific configuration (§2.5). Before FEATURES_OK a modern driver must not
@@ -524,6 +578,15 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         if let Some(r) = self.regs_unlocked(index) {
             r.num = Some(value);
         }
+    }
+
+    /// Queue `index`'s area address as programmed (0 for no queue).
+    pub(crate) fn queue_addr(&self, index: usize, area: Area) -> u64 {
+        self.regs.get(index).map_or(0, |r| match area {
+            Area::Desc => r.desc,
+            Area::Driver => r.driver,
+            Area::Device => r.device,
+        })
     }
 
     /// The driver writes the bits `mask` of queue `index`'s area address (a 32-bit half or
@@ -698,11 +761,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
 
     // ---- notifications -----------------------------------------------------------------------
 
-    /// Whether queue `index` may be run: the device is live and the queue is ready (accepted)
-    /// and not broken.
+    /// Whether queue `index` may be run: the device is live, may do DMA, and the queue is
+    /// ready (accepted) and not broken.
     pub(crate) fn queue_live(&self, index: u16) -> bool {
         let i = usize::from(index);
-        self.is_live()
+        self.dma
+            && self.is_live()
             && if self.is_packed() {
                 self.packed
                     .get(i)
@@ -747,6 +811,11 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
                 _ => {}
             }
         }
+    }
+
+    /// Whether any kick is recorded and not taken.
+    pub(crate) fn has_kicks(&self) -> bool {
+        self.regs.iter().any(|r| r.kicked)
     }
 
     /// Run the device on every live queue (a device that polls its rings).
@@ -993,6 +1062,13 @@ mod tests {
             check_packed_size(0x1_0006, 256),
             Err(QueueSetupError::SizeTooLarge { size: 0x1_0006 })
         );
+    }
+
+    #[test]
+    fn offered_mask_keeps_device_bits() {
+        assert_eq!(DEVICE_SPECIFIC & (1 << 41), 0);
+        assert_ne!(DEVICE_SPECIFIC & (1 << 50), 0);
+        assert_eq!(DEVICE_SPECIFIC & (0x3F << 44), 0);
     }
 
     #[test]

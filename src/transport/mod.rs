@@ -2,16 +2,38 @@
 //! notifications (VIRTIO 1.4 §4).
 //!
 //! A transport owns the queues and the device status state machine; the device model plugs in
-//! through [`VirtioDevice`]. Today the only transport is virtio-mmio ([`mmio`], §4.2), the one
-//! a hypervisor on Arm or RISC-V exposes to its guests: the hypervisor traps every access to the
-//! device's register window and forwards it to [`MmioTransport::read`] /
-//! [`MmioTransport::write`].
+//! through [`VirtioDevice`]. Two transports decode their registers on one shared core (status
+//! state machine, feature negotiation, queue programming and validation, DEVICE_NEEDS_RESET,
+//! interrupt decisions), so neither has a copy of a queue check:
+//!
+//! * virtio-mmio ([`mmio`], §4.2), what a hypervisor on Arm or RISC-V usually exposes: the
+//!   hypervisor traps every access to the device's register window and forwards it to
+//!   [`MmioTransport::read`] / [`MmioTransport::write`];
+//! * virtio-pci ([`pci`], §4.1, modern interface), a PCI function: configuration-space
+//!   accesses go to [`PciTransport::config_read`] / [`PciTransport::config_write`], BAR
+//!   accesses to [`PciTransport::bar_read`] / [`PciTransport::bar_write`], and each returns a
+//!   [`PciOutcome`] naming the MSI-X vectors to send and the INTx level.
+//!
+//! Accesses are 1, 2, 4 or 8 bytes wide with the value in a `u64`, as a trap delivers them;
+//! each transport answers the widths its specification allows and reads 0 / ignores the
+//! rest.
+//!
+//! # In a trap handler
+//!
+//! Every entry point runs to completion in bounded time on the caller's stack: `virtq` never
+//! allocates, never blocks, takes no lock and never panics on guest input. A hypervisor may
+//! therefore call the transports directly from its VM-exit or stage-2 fault handler, with
+//! interrupts masked if it likes. What runs inside is the register decode plus, for a queue
+//! notification in [`NotifyMode::Inline`], the device model's handler; choose
+//! [`NotifyMode::Deferred`] to keep the queue work out of the trap.
 
 mod core;
 pub mod mmio;
+pub mod pci;
 
 pub use self::core::QueueSetupError;
 pub use mmio::{MmioTransport, MmioVersion};
+pub use pci::{PciOutcome, PciTransport};
 
 /// When an available-buffer notification runs the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -21,9 +43,9 @@ pub enum NotifyMode {
     /// access returns.
     #[default]
     Inline,
-    /// Later: the notification only records the kick ([`MmioTransport::take_kicks`]); the
-    /// hypervisor runs [`MmioTransport::process_queue`] or [`MmioTransport::poll`] from its
-    /// own context (an I/O thread, a deferred work item).
+    /// Later: the notification only records the kick ([`MmioTransport::take_kicks`],
+    /// [`PciTransport::take_kicks`]); the hypervisor runs the transport's `process_queue` or
+    /// `poll` from its own context (an I/O thread, a deferred work item).
     Deferred,
 }
 
@@ -42,7 +64,8 @@ pub trait VirtioDevice {
     #[doc(alias = "DeviceID")]
     fn device_id(&self) -> u32;
 
-    /// Subsystem vendor ID shown in the `VendorID` register (§4.2.2). Any value.
+    /// Subsystem vendor ID shown in the virtio-mmio `VendorID` register (§4.2.2). Any value.
+    /// (A PCI function shows [`pci::PciIds`] instead.)
     #[doc(alias = "VendorID")]
     fn vendor_id(&self) -> u32 {
         0
@@ -116,7 +139,9 @@ pub trait VirtioDevice {
     /// [`DrainReport::notify`](crate::DrainReport) from [`Queue::drain`]. After the handler
     /// returns, the transport also asks every live queue
     /// [`Queue::needs_notification`], and turns a queue that became broken into
-    /// DEVICE_NEEDS_RESET.
+    /// DEVICE_NEEDS_RESET. A transport with per-queue interrupts (PCI with MSI-X) sends the
+    /// `true` to every queue whose used ring the handler moved (to queue `index` if it moved
+    /// none).
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
