@@ -428,6 +428,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         self.irq.msix_enabled()
     }
 
+    /// MSI-X Message Control as the driver reads it: Table Size − 1, function mask (bit 14),
+    /// enable (bit 15).
+    pub fn msix_control(&self) -> u16 {
+        self.irq.message_control()
+    }
+
     /// The INTA# level now.
     pub const fn intx_level(&self) -> bool {
         self.irq.intx_level()
