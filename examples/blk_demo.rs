@@ -1,16 +1,27 @@
-//! A virtio-blk RAM disk served by `virtq`, driven by a real guest driver through the
-//! virtio-mmio trap path.
+//! A virtio-blk RAM disk served by `virtq`, driven by a real guest driver through the trap
+//! path of a virtio-mmio window or of a virtio-pci function.
 //!
 //! The guest is the `virtio-drivers` crate (an independent no_std driver used by real
 //! kernels). Every register access it makes arrives here as (offset, width, value), exactly
 //! what a hypervisor's stage-2 fault handler decodes from a trapped load or store, and goes to
-//! `MmioTransport::read` / `write`. The device reads and writes guest RAM only through
-//! `GuestMemory`.
+//! `MmioTransport::read` / `write`; with `--transport pci` the guest probes a PCI function
+//! (configuration space, capability list, BAR sizing, MSI-X) and every access goes to
+//! `PciTransport::config_read` / `config_write` or, by guest-physical address, to
+//! `memory_read` / `memory_write`, whose outcomes say which MSI-X message to send. The device
+//! reads and writes guest RAM only through `GuestMemory`.
+//!
+//! Over PCI the guest's transport is the register-level virtio-pci driver model of the test
+//! suite (`tests/pci_driver`, behind virtio-drivers' `Transport` trait), until the harness
+//! that runs virtio-drivers' own `PciTransport` on a trapping BAR lands.
 //!
 //! ```sh
-//! cargo run --release --example blk_demo            # 256 MiB written, read back, verified
-//! cargo run --release --example blk_demo -- 64      # disk size in MiB
+//! cargo run --release --example blk_demo                      # 256 MiB over MMIO, verified
+//! cargo run --release --example blk_demo -- 64                # disk size in MiB
+//! cargo run --release --example blk_demo -- --transport pci   # the same over virtio-pci
 //! ```
+
+#[path = "../tests/pci_driver/mod.rs"]
+mod pci_driver;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -21,6 +32,7 @@ use virtq::transport::MmioTransport;
 use virtq::transport::mmio::MmioVersion;
 use virtq_testkit::devices::BlkDevice;
 use virtq_testkit::guest::virtio_drivers::device::blk::VirtIOBlk;
+use virtq_testkit::guest::virtio_drivers::transport::Transport;
 use virtq_testkit::guest::{Arena, GuestHal, GuestMmio, GuestRam, MmioBus, SharedDevice, attach};
 
 /// The hypervisor side of the device's MMIO window: the trap handler.
@@ -77,50 +89,109 @@ fn progress(label: &str, done: u64, total: u64, start: Instant) {
     );
 }
 
+/// Which trap path the guest uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Mmio,
+    Pci,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let disk_mib: u64 = std::env::args().nth(1).map_or(Ok(256), |a| a.parse())?;
+    let mut kind = Kind::Mmio;
+    let mut disk_mib = 256u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--transport" => {
+                kind = match args.next().as_deref() {
+                    Some("mmio") => Kind::Mmio,
+                    Some("pci") => Kind::Pci,
+                    other => return Err(format!("--transport mmio|pci, not {other:?}").into()),
+                }
+            }
+            n => disk_mib = n.parse()?,
+        }
+    }
     let disk_bytes = disk_mib << 20;
 
     // Guest RAM: 4 MiB at guest-physical 0x4000_0000, enough for the rings and the buffers in
     // flight. The device sees it through `GuestMemory` (virtq's `HostRegion`).
     let ram = Arena::new(4 << 20);
     let _guest = ram.install();
-
-    // The hypervisor: a RAM disk behind a virtio-mmio v2 register window, one queue of 16.
-    let device = attach::<_, 1>(
+    let disk = || {
         BlkDevice::new(
             disk_bytes / SECTOR as u64,
             Features::INDIRECT_DESC | Features::EVENT_IDX,
             16,
-        ),
-        &ram,
-        MmioVersion::V2,
-    );
-    let (traps, irqs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-    let window = TrapHandler {
-        device: device.clone(),
-        traps: traps.clone(),
-        irqs: irqs.clone(),
+        )
     };
 
-    // The guest: virtio-drivers probes the window, negotiates, sets up its queue.
-    let mut blk =
-        VirtIOBlk::<GuestHal, _>::new(GuestMmio::new(window).map_err(|e| format!("{e:?}"))?)?;
+    match kind {
+        Kind::Mmio => {
+            // The hypervisor: a RAM disk behind a virtio-mmio v2 register window, one queue
+            // of 16.
+            let device = attach::<_, 1>(disk(), &ram, MmioVersion::V2);
+            let (traps, irqs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+            let window = TrapHandler {
+                device: device.clone(),
+                traps: traps.clone(),
+                irqs: irqs.clone(),
+            };
+            // The guest: virtio-drivers probes the window, negotiates, sets up its queue.
+            let mut blk = VirtIOBlk::<GuestHal, _>::new(
+                GuestMmio::new(window).map_err(|e| format!("{e:?}"))?,
+            )?;
+            let features = device.lock().unwrap().negotiated_features();
+            let timed = run(&mut blk, disk_bytes, features, || traps.get(), true)?;
+            report(disk_bytes, timed, "MMIO traps", traps.get(), irqs.get());
+        }
+        Kind::Pci => {
+            // The hypervisor: the same RAM disk as a PCI function, one queue of 16, two MSI-X
+            // vectors (configuration changes, the queue).
+            let function = pci_driver::attach::<_, _, 1, 2>(disk(), ram.guest_ram());
+            // The guest: probes the function (capability list, BAR sizing and placement),
+            // programs MSI-X, negotiates, sets up its queue on vector 1.
+            let mut blk = VirtIOBlk::<GuestHal, _>::new(pci_driver::GuestPci::new(
+                function.clone(),
+                pci_driver::BAR_BASE,
+                true,
+            ))?;
+            let features = function.t.borrow().negotiated_features();
+            let traps = || function.irq.borrow().traps;
+            let timed = run(&mut blk, disk_bytes, features, traps, false)?;
+            let msi = function.irq.borrow().msi.len() as u64;
+            report(disk_bytes, timed, "PCI traps", traps(), msi);
+        }
+    }
+    Ok(())
+}
+
+/// Write the whole disk, read it back and verify every byte; the number of requests and the
+/// seconds it took.
+/// `ack_isr`: the guest reads the interrupt status after each request (MMIO; with MSI-X a
+/// PCI guest does not, §4.1.4.5.2).
+fn run<T: Transport>(
+    blk: &mut VirtIOBlk<GuestHal, T>,
+    disk_bytes: u64,
+    features: u64,
+    traps: impl Fn() -> u64,
+    ack_isr: bool,
+) -> Result<(u64, f64), Box<dyn std::error::Error>> {
     let mut id = [0u8; 20];
     let n = blk.device_id(&mut id)?;
     eprintln!(
         "virtio-blk \"{}\": {} MiB, features {:#x}, {} traps to boot",
         String::from_utf8_lossy(&id[..n]),
         (blk.capacity() * SECTOR as u64) >> 20,
-        device.lock().unwrap().negotiated_features(),
-        traps.get()
+        features,
+        traps()
     );
 
     let seed = std::process::id() as u64;
     let mut buf = vec![0u8; CHUNK];
     let mut expect = vec![0u8; CHUNK];
-    let start = Instant::now();
     let mut requests = 0u64;
+    let start = Instant::now();
 
     // Pass 1: write the whole disk. Pass 2: read it back and verify every byte.
     for pass in ["write ", "verify"] {
@@ -137,7 +208,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     return Err(format!("data mismatch at byte {off:#x}").into());
                 }
             }
-            blk.ack_interrupt();
+            if ack_isr {
+                blk.ack_interrupt();
+            }
             requests += 1;
             if i % 64 == 0 {
                 progress(pass, off, disk_bytes, pass_start);
@@ -147,19 +220,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!();
     }
     blk.flush()?;
+    Ok((requests, start.elapsed().as_secs_f64()))
+}
 
-    let secs = start.elapsed().as_secs_f64();
+fn report(disk_bytes: u64, (requests, secs): (u64, f64), trap_kind: &str, traps: u64, irqs: u64) {
     let moved = 2 * disk_bytes;
     println!(
         "{} MiB written and read back, verified: {:.0} MiB/s, {:.0} requests/s \
-         ({} requests of {} KiB, {} MMIO traps, {} interrupts)",
+         ({} requests of {} KiB, {} {}, {} interrupts)",
         moved >> 20,
         moved as f64 / (1 << 20) as f64 / secs,
         requests as f64 / secs,
         requests,
         CHUNK / 1024,
-        traps.get(),
-        irqs.get()
+        traps,
+        trap_kind,
+        irqs
     );
-    Ok(())
 }
