@@ -804,7 +804,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     /// Kicks recorded in [`NotifyMode::Deferred`]: calls `f` with each kicked queue and
     /// clears the record.
     pub(crate) fn take_kicks(&mut self, mut f: impl FnMut(u16)) {
-        for (i, r) in self.regs.iter_mut().enumerate() {
+        // Indices from a bounded range, not `enumerate` (whose counter is an overflow-checked
+        // addition in builds with overflow checks).
+        for (i, r) in (0..Q).zip(self.regs.iter_mut()) {
             let kicked = core::mem::take(&mut r.kicked);
             match u16::try_from(i) {
                 Ok(i) if kicked => f(i),
@@ -854,14 +856,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         };
         let mut broke = false;
         let mut attributed = false;
-        for (i, (((q, p), r), was)) in self
+        let queues = self
             .queues
             .iter_mut()
             .zip(&mut self.packed)
             .zip(&mut self.regs)
-            .zip(before)
-            .enumerate()
-        {
+            .zip(before);
+        for (i, (((q, p), r), was)) in (0..Q).zip(queues) {
             // (ready, broken, interrupt due, used cursor) in the negotiated format.
             let (ready, broken, due, cursor) = if packed {
                 let due = p.ready && !p.is_broken() && p.needs_notification(&self.mem) == Ok(true);

@@ -219,7 +219,7 @@ impl<const Q: usize, const V: usize> Interrupts<Q, V> {
         if self.pending == 0 {
             return;
         }
-        for (v, e) in self.table.iter().enumerate() {
+        for (v, e) in (0..V).zip(&self.table) {
             let bit = 1u64
                 .checked_shl(u32::try_from(v).unwrap_or(64))
                 .unwrap_or(0);
