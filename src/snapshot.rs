@@ -134,6 +134,10 @@ pub enum StateField {
     QueueRegister,
     /// The legacy transport's page size or ring alignment.
     Legacy,
+    /// The transport's version or kind (a virtio-mmio v2 state given to a legacy transport).
+    TransportVersion,
+    /// A queue's setup error code.
+    QueueSetup,
 }
 
 /// Why a state could not be saved or restored.

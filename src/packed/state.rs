@@ -213,6 +213,17 @@ impl PackedQueue {
         state: &[u8],
         mem: &M,
     ) -> Result<(), StateError> {
+        self.restore_checked(state, mem, true)
+    }
+
+    /// [`restore`](Self::restore); `contents: false` skips the check against what guest
+    /// memory holds (a transport's second, applying pass over a state it validated in full).
+    pub(crate) fn restore_checked<M: GuestMemory + ?Sized>(
+        &mut self,
+        state: &[u8],
+        mem: &M,
+        contents: bool,
+    ) -> Result<(), StateError> {
         let invalid = StateError::invalid;
         let body = open(state, StateKind::Packed)?;
         let Ok((f, bitmap)) = PackedFields::ref_from_prefix(body) else {
@@ -354,7 +365,7 @@ impl PackedQueue {
 
         if q.ready {
             q.check_rings(mem).map_err(|e| ring_error(&q, e, mem))?;
-            if q.error.get().is_none() {
+            if contents && q.error.get().is_none() {
                 let at = q
                     .desc_addr(next_avail, layout::FLAGS_OFFSET)
                     .map_err(|_| invalid(StateField::DescAddr))?;

@@ -140,6 +140,17 @@ impl Queue {
         state: &[u8],
         mem: &M,
     ) -> Result<(), StateError> {
+        self.restore_checked(state, mem, true)
+    }
+
+    /// [`restore`](Self::restore); `contents: false` skips the checks against what guest
+    /// memory holds (a transport's second, applying pass over a state it validated in full).
+    pub(crate) fn restore_checked<M: GuestMemory + ?Sized>(
+        &mut self,
+        state: &[u8],
+        mem: &M,
+        contents: bool,
+    ) -> Result<(), StateError> {
         let body = open(state, StateKind::Split)?;
         let Ok((f, bitmap)) = SplitFields::ref_from_prefix(body) else {
             return Err(StateError::Truncated {
@@ -219,7 +230,7 @@ impl Queue {
 
         if q.ready {
             q.check_rings(mem).map_err(|e| ring_error(&q, e, mem))?;
-            if q.error.get().is_none() {
+            if contents && q.error.get().is_none() {
                 let avail_idx = mem
                     .load_u16(
                         q.avail_ring_addr

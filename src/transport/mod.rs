@@ -28,6 +28,8 @@
 //! [`NotifyMode::Deferred`] to keep the queue work out of the trap.
 
 mod core;
+
+pub use self::core::state::{CoreFields, QueueRegsFields};
 pub mod mmio;
 pub mod pci;
 

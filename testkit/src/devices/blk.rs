@@ -97,6 +97,12 @@ impl BlkDevice {
         &self.disk
     }
 
+    /// The disk contents, to fill (or restore: the disk is the device's own state, which a
+    /// snapshot of the transport does not carry).
+    pub fn disk_mut(&mut self) -> &mut [u8] {
+        &mut self.disk
+    }
+
     /// Capacity in sectors.
     pub fn sectors(&self) -> u64 {
         (self.disk.len() / SECTOR) as u64

@@ -24,6 +24,8 @@ use crate::wire::{DeviceStatus, Features, split_layout as layout};
 
 use super::{NotifyMode, VirtioDevice};
 
+pub(crate) mod state;
+
 /// Why a queue was refused when the driver enabled it (H9, MMIO-16, §4.1.4.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -889,6 +891,40 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         }
         if signal && !attributed {
             sig.used(index);
+        }
+        if broke {
+            self.raise_needs_reset(sig);
+        }
+    }
+
+    /// Ask every ready queue whether a used-buffer notification is due, and turn a queue that
+    /// broke into DEVICE_NEEDS_RESET (after a restore, when no queue had work to serve).
+    pub(crate) fn decide_interrupts<S: Signals>(&mut self, sig: &mut S) {
+        let packed = self.is_packed();
+        let mut broke = false;
+        let queues = self
+            .queues
+            .iter_mut()
+            .zip(&mut self.packed)
+            .zip(&mut self.regs);
+        for (i, ((q, p), r)) in (0..Q).zip(queues) {
+            let (ready, broken, due) = if packed {
+                let due = p.ready && !p.is_broken() && p.needs_notification(&self.mem) == Ok(true);
+                (p.ready, p.is_broken(), due)
+            } else {
+                let due = q.ready && !q.is_broken() && q.needs_notification(&self.mem) == Ok(true);
+                (q.ready, q.is_broken(), due)
+            };
+            if !ready {
+                continue;
+            }
+            if due && let Ok(i) = u16::try_from(i) {
+                sig.used(i);
+            }
+            if broken && !r.reported {
+                r.reported = true;
+                broke = true;
+            }
         }
         if broke {
             self.raise_needs_reset(sig);

@@ -88,6 +88,8 @@ use crate::packed::PackedQueue;
 use crate::split::Queue;
 use crate::wire::{DeviceStatus, Features, split_layout as layout};
 
+pub mod state;
+
 use super::core::{Area, Core, DEVICE_SPECIFIC, Flavor, GENERIC_ALLOWED, Signals};
 use super::{NotifyMode, QueueSetupError, VirtioDevice, access_len};
 
