@@ -48,7 +48,7 @@ fn restore_seeds() -> Vec<(String, Vec<u8>)> {
                     chains: &[Vec<u8>],
                     mem: &TestMemory| {
         let mut e = Vec::new();
-        e.push(u8::from(packed) | (max.trailing_zeros() as u8) << 1);
+        e.push(u8::from(packed) | (max.trailing_zeros() as u8) << 2);
         e.extend((state.len() as u16).to_le_bytes());
         e.extend(state);
         let img = image(mem);
@@ -154,6 +154,73 @@ fn restore_seeds() -> Vec<(String, Vec<u8>)> {
             &chains,
             &mem,
         );
+    }
+    out
+}
+
+/// Seeds of the `restore` target's transport mode: a live virtio-blk device over virtio-mmio
+/// (version 2 and legacy) with a chain served, saved.
+fn restore_mmio_seeds() -> Vec<(String, Vec<u8>)> {
+    use virtq::Features;
+    use virtq::transport::MmioTransport;
+    use virtq::transport::mmio::{MmioVersion, regs};
+    use virtq_testkit::devices::blk::BlkDevice;
+    let mut out = Vec::new();
+    for (name, version, sel) in [
+        ("mmio-v2", MmioVersion::V2, 2u8),
+        ("mmio-legacy", MmioVersion::Legacy, 3),
+    ] {
+        let mem = new_memory();
+        let dev = BlkDevice::new(8, Features::EVENT_IDX | Features::INDIRECT_DESC, 16);
+        let mut t = MmioTransport::<_, _, 1>::new(dev, &mem, version);
+        let w = |t: &mut MmioTransport<BlkDevice, &TestMemory, 1>, off: u64, v: u64| {
+            let _ = t.write(off, 4, v);
+        };
+        w(&mut t, regs::STATUS, 1);
+        w(&mut t, regs::STATUS, 3);
+        let want = if version == MmioVersion::V2 {
+            (1u64 << 32) | (1 << 29)
+        } else {
+            1 << 29
+        };
+        w(&mut t, regs::DRIVER_FEATURES_SEL, 0);
+        w(&mut t, regs::DRIVER_FEATURES, want & 0xFFFF_FFFF);
+        w(&mut t, regs::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, regs::DRIVER_FEATURES, want >> 32);
+        w(&mut t, regs::QUEUE_SEL, 0);
+        w(&mut t, regs::QUEUE_NUM, 16);
+        if version == MmioVersion::V2 {
+            w(&mut t, regs::STATUS, 0xB);
+            for (lo, v) in [
+                (regs::QUEUE_DESC_LOW, DESC),
+                (regs::QUEUE_DRIVER_LOW, AVAIL),
+                (regs::QUEUE_DEVICE_LOW, USED),
+            ] {
+                w(&mut t, lo, v);
+                w(&mut t, lo + 4, 0);
+            }
+            w(&mut t, regs::QUEUE_READY, 1);
+            w(&mut t, regs::STATUS, 0xF);
+        } else {
+            w(&mut t, regs::GUEST_PAGE_SIZE, 0x1000);
+            w(&mut t, regs::QUEUE_ALIGN, 0x1000);
+            w(&mut t, regs::QUEUE_PFN, DESC / 0x1000);
+            w(&mut t, regs::STATUS, 7);
+        }
+        let mut state = vec![0u8; t.state_len()];
+        let n = t.save_into(&mut state).unwrap();
+        state.truncate(n);
+        let mut e = vec![sel];
+        e.extend((state.len() as u16).to_le_bytes());
+        e.extend(&state);
+        let img = image(&mem);
+        e.extend((img.len() as u16).to_le_bytes());
+        e.extend(&img);
+        // Register reads and writes: status, queue notify, interrupt ack.
+        e.extend([
+            0, 0x1C, 1, 0x14, 0, 0, 0, 0, 0, 0x18, 1, 0x19, 3, 0, 0, 0, 2,
+        ]);
+        out.push((name.to_owned(), e));
     }
     out
 }
@@ -969,7 +1036,7 @@ fn main() {
         ("mmio", &mmio),
         ("packed_queue", &packed),
         ("memory", &memory),
-        ("restore", &restore_seeds()),
+        ("restore", &[restore_seeds(), restore_mmio_seeds()].concat()),
     ] {
         let dir = root.join(target);
         fs::create_dir_all(&dir).unwrap();

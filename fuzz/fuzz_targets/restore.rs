@@ -1,7 +1,8 @@
 //! Restore from arbitrary state bytes over arbitrary guest memory, then run the queue
 //! (issue #13: a snapshot is untrusted input).
 //!
-//! Input: a selector byte (ring format, the restoring queue's `max_size`), the state bytes,
+//! Input: a selector byte (split queue, packed queue, or a virtio-mmio transport v2 / legacy;
+//! the restoring queue's `max_size`), the state bytes,
 //! a guest memory image, optional saved packed chains, then operations (pops, completions of
 //! held chains, publications, interrupt decisions, kick toggles, drains, resumes, and guest
 //! writes to any ring word).
@@ -23,9 +24,12 @@ use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use virtq::packed::PackedChain;
 use virtq::packed::layout as packed_layout;
+use virtq::transport::MmioTransport;
+use virtq::transport::mmio::MmioVersion;
 use virtq::wire::split_layout;
-use virtq::{Completion, DescriptorChain, PackedQueue, Queue};
+use virtq::{Completion, DescriptorChain, Features, PackedQueue, Queue};
 use virtq_fuzz::{decode_image, in_ram, new_memory};
+use virtq_testkit::devices::blk::BlkDevice;
 use virtq_testkit::scripted::Scripted;
 use virtq_testkit::{AccessKind, TestMemory};
 
@@ -197,17 +201,63 @@ fn run_packed(u: &mut Unstructured<'_>, mem: &TestMemory, max: u16, state: &[u8]
     }
 }
 
+/// A whole virtio-mmio transport (a blk device with one queue) restored from the bytes, then
+/// driven by register accesses. A refused restore changes nothing (the transport saves to the
+/// same bytes as before); an accepted one saves to bytes that restore to the same state.
+fn run_mmio(u: &mut Unstructured<'_>, mem: &TestMemory, legacy: bool, state: &[u8]) {
+    let version = if legacy {
+        MmioVersion::Legacy
+    } else {
+        MmioVersion::V2
+    };
+    let dev = BlkDevice::new(8, Features::EVENT_IDX | Features::INDIRECT_DESC, 16);
+    let mut t = MmioTransport::<_, _, 1>::new(dev, mem, version);
+    let save = |t: &MmioTransport<BlkDevice, &TestMemory, 1>| {
+        let mut b = vec![0u8; t.state_len()];
+        let n = t
+            .save_into(&mut b)
+            .expect("a transport saves into state_len bytes");
+        b.truncate(n);
+        b
+    };
+    let before = save(&t);
+    if t.restore(state).is_err() {
+        assert_eq!(save(&t), before, "a refused restore changed the transport");
+        return;
+    }
+    let saved = save(&t);
+    let dev = BlkDevice::new(8, Features::EVENT_IDX | Features::INDIRECT_DESC, 16);
+    let mut again = MmioTransport::<_, _, 1>::new(dev, mem, version);
+    again
+        .restore(&saved)
+        .expect("an accepted state saves to a state that restores");
+    assert_eq!(save(&again), saved);
+    let _ = t.resume();
+    for _ in 0..64 {
+        let Ok(op) = u.arbitrary::<u8>() else { break };
+        let offset = u64::from(u.arbitrary::<u8>().unwrap_or(0)) * 4;
+        if op % 3 == 0 {
+            let _ = t.read(offset, 4);
+        } else if op % 3 == 1 {
+            let _ = t.write(offset, 4, u.arbitrary::<u32>().unwrap_or(0).into());
+        } else {
+            guest_pokes(u, mem);
+            let _ = t.poll();
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let sel: u8 = u.arbitrary().unwrap_or(0);
-    let max = 1u16 << (sel >> 1 & 7);
+    let max = 1u16 << (sel >> 2 & 7);
     let len = usize::from(u.arbitrary::<u16>().unwrap_or(0)).min(u.len());
     let state = u.bytes(len).unwrap_or(&[]).to_vec();
     let mem = new_memory();
     decode_image(&mut u, &mem);
-    if sel & 1 == 0 {
-        run_split(&mut u, &mem, max, &state);
-    } else {
-        run_packed(&mut u, &mem, max, &state);
+    match sel & 3 {
+        0 => run_split(&mut u, &mem, max, &state),
+        1 => run_packed(&mut u, &mem, max, &state),
+        k => run_mmio(&mut u, &mem, k == 3, &state),
     }
 });
