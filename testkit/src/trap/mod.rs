@@ -1,5 +1,5 @@
 //! Register windows that trap like a hypervisor's: guest code that was never written for tests
-//! (`virtio-drivers`' own `MmioTransport`, later its `PciTransport`) drives a `virtq` transport
+//! (`virtio-drivers`' own `MmioTransport` and `PciTransport`) drives a `virtq` transport
 //! through ordinary volatile loads and stores.
 //!
 //! [`crate::guest`] drives our devices through a `Transport` of our own that calls
@@ -17,6 +17,13 @@
 //!   [`mmio::guest_transport`] gives `virtio-drivers`' own `MmioTransport` over the window.
 //! * [`TrapHal`] is [`GuestHal`](crate::guest::GuestHal) plus `mmio_phys_to_virt` for windows
 //!   created with [`TrapWindow::at_gpa`]: the way `virtio-drivers`' PCI transport maps BARs.
+//! * [`pci`] does the same for a virtio-pci function: BAR 0 in a window, configuration space
+//!   through `virtio-drivers`' `ConfigurationAccess`, firmware enumeration, MSI-X and INTx
+//!   delivery ([the PCI path](#the-pci-path) below).
+//! * [`runs`] holds the guest workloads (blk, net, console through `virtio-drivers`) the trap
+//!   tests run over either transport.
+//! * [`HandlerAllocations`] is a global allocator for tests that counts allocations made
+//!   inside the handler ([`handler_allocations`]).
 //!
 //! # Signal context
 //!
@@ -35,33 +42,37 @@
 //! The trap needs x86-64 Linux and real signals: it is compiled only there and never under
 //! Miri. The decoder ([`x86`]) is plain code and available everywhere.
 //!
-//! # Adding the PCI path
+//! # The PCI path
 //!
-//! `virtio-drivers`' `PciTransport::new::<TrapHal, C>(&mut PciRoot<C>, DeviceFunction)` reads
-//! configuration space through `C: ConfigurationAccess` and maps each capability's BAR region
-//! with `Hal::mmio_phys_to_virt`, which [`TrapHal`] answers from the windows. A PCI test:
+//! [`pci`] runs `virtio-drivers`' own `PciTransport` against [`virtq::transport::PciTransport`]:
 //!
-//! 1. builds one [`TrapWindow::at_gpa`] per memory BAR (or one window spanning BARs it places
-//!    back to back), whose target forwards `(offset, width, value)` to the PCI transport's BAR
-//!    handler, in the style of [`mmio::MmioTarget`];
-//! 2. implements `ConfigurationAccess` by calling the transport's configuration-space handler
-//!    through [`TrapWindow::with`] (configuration cycles are port or ECAM accesses a hypervisor
-//!    also traps, but `virtio-drivers` issues them through this trait, not as loads);
-//! 3. acts as firmware: sizes and programs the BARs with `PciRoot::bar_info` / `set_bar_64` at
-//!    the window's address and enables memory decoding with `set_command`;
-//! 4. hands `PciTransport` to the drivers exactly as [`mmio::guest_transport`] does here.
-//!
-//! `virtio-drivers` writes `queue_desc`, `queue_driver` and `queue_device` as single 8-byte
-//! stores, so the BAR adapter must pass 8-byte accesses through (the MMIO adapter counts them
-//! as refused). Its `PciTransport` never programs MSI-X: it acknowledges INTx by reading the
-//! ISR. An MSI-X test enables the capability and writes `msix_config` / `queue_msix_vector`
-//! itself (through the window) before DRIVER_OK, and the adapter records the vectors the
-//! transport asks for.
+//! 1. [`pci::pci_window`] puts the function's BAR 0 in a [`TrapWindow::at_gpa`] window that
+//!    claims a fresh guest-physical aperture; its target, [`pci::PciTarget`], forwards
+//!    `(address, width, value)` to the transport's `memory_read` / `memory_write` (8-byte
+//!    accesses whole: `virtio-drivers` writes `queue_desc`, `queue_driver` and `queue_device`
+//!    as single 8-byte stores) and delivers each outcome's interrupts: the INTA# level, and the
+//!    MSI-X messages with the address and data the guest programmed.
+//! 2. [`pci::PciCam`] is the `ConfigurationAccess`: configuration cycles are port or ECAM
+//!    accesses a hypervisor also traps, but `virtio-drivers` issues them through this trait,
+//!    not as loads, so it calls the transport's configuration-space handler through
+//!    [`TrapWindow::with`].
+//! 3. [`pci::firmware`] enumerates bus 0 with `PciRoot`, sizes BAR 0, places it at the
+//!    window's aperture and enables memory decoding and bus mastering with `set_command`.
+//! 4. [`pci::boot`] builds `virtio-drivers`' `PciTransport::new::<TrapHal, _>` (its capability
+//!    walk maps each structure with [`TrapHal`]'s `mmio_phys_to_virt`) and hands it to the
+//!    drivers in [`pci::GuestPci`], which forwards every call unchanged. That transport never
+//!    programs MSI-X (it acknowledges INTx by reading the ISR); with
+//!    [`pci::GuestIrq::Msix`] the wrapper does what a guest kernel does: MSI-X enabled and the
+//!    table programmed through the trap before the driver starts, `config_msix_vector` and each
+//!    `queue_msix_vector` written (and read back) before DRIVER_OK.
 
+pub mod runs;
 pub mod x86;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 pub mod mmio;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+pub mod pci;
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 mod window;
 
@@ -72,6 +83,52 @@ pub use window::{MAX_WINDOWS, TrapCounts, TrapWindow, in_handler};
 /// example to watch a child process die loudly).
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 pub use libc;
+
+/// A global allocator (the system's) that counts allocations and frees made inside the trap
+/// handler, for tests that check a target allocates nothing there:
+///
+/// ```
+/// # use virtq_testkit::trap::{HandlerAllocations, handler_allocations};
+/// #[global_allocator]
+/// static ALLOC: HandlerAllocations = HandlerAllocations;
+/// # fn main() {
+/// // ... drive a device through a trap window ...
+/// assert_eq!(handler_allocations(), 0);
+/// # }
+/// ```
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+#[derive(Debug)]
+pub struct HandlerAllocations;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+static HANDLER_ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Allocations and frees [`HandlerAllocations`] saw inside the trap handler, in the whole
+/// process so far.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+pub fn handler_allocations() -> u64 {
+    HANDLER_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; the counter is an atomic.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+unsafe impl std::alloc::GlobalAlloc for HandlerAllocations {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if in_handler() {
+            HANDLER_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if in_handler() {
+            HANDLER_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
 
 /// What a [`TrapWindow`] forwards guest accesses to: the device side of a register window.
 ///
