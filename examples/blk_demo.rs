@@ -10,9 +10,14 @@
 //! `memory_read` / `memory_write`, whose outcomes say which MSI-X message to send. The device
 //! reads and writes guest RAM only through `GuestMemory`.
 //!
-//! Over PCI the guest's transport is the register-level virtio-pci driver model of the test
-//! suite (`tests/pci_driver`, behind virtio-drivers' `Transport` trait), until the harness
-//! that runs virtio-drivers' own `PciTransport` on a trapping BAR lands.
+//! Over PCI on x86-64 Linux the guest's transport is `virtio-drivers`' own, unmodified
+//! `PciTransport`: firmware code enumerates the bus through a `ConfigurationAccess` that calls
+//! `config_read` / `config_write`, places BAR 0 and enables decoding and bus mastering; BAR 0
+//! is a trap window (`virtq_testkit::trap::pci`: no access rights, each load and store caught
+//! by a `SIGSEGV` handler, decoded and forwarded to `memory_read` / `memory_write`, the device
+//! running inside the trap); the guest enables MSI-X and maps the queue to vector 1. Elsewhere
+//! (no trap harness) the guest's transport is the register-level virtio-pci driver model of
+//! the test suite (`tests/pci_driver`).
 //!
 //! ```sh
 //! cargo run --release --example blk_demo                      # 256 MiB over MMIO, verified
@@ -20,6 +25,7 @@
 //! cargo run --release --example blk_demo -- --transport pci   # the same over virtio-pci
 //! ```
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
 #[path = "../tests/pci_driver/mod.rs"]
 mod pci_driver;
 
@@ -31,6 +37,7 @@ use virtq::Features;
 use virtq::transport::MmioTransport;
 use virtq::transport::mmio::MmioVersion;
 use virtq_testkit::devices::BlkDevice;
+use virtq_testkit::guest::virtio_drivers::Hal;
 use virtq_testkit::guest::virtio_drivers::device::blk::VirtIOBlk;
 use virtq_testkit::guest::virtio_drivers::transport::Transport;
 use virtq_testkit::guest::{Arena, GuestHal, GuestMmio, GuestRam, MmioBus, SharedDevice, attach};
@@ -145,23 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let timed = run(&mut blk, disk_bytes, features, || traps.get(), true)?;
             report(disk_bytes, timed, "MMIO traps", traps.get(), irqs.get());
         }
-        Kind::Pci => {
-            // The hypervisor: the same RAM disk as a PCI function, one queue of 16, two MSI-X
-            // vectors (configuration changes, the queue).
-            let function = pci_driver::attach::<_, _, 1, 2>(disk(), ram.guest_ram());
-            // The guest: probes the function (capability list, BAR sizing and placement),
-            // programs MSI-X, negotiates, sets up its queue on vector 1.
-            let mut blk = VirtIOBlk::<GuestHal, _>::new(pci_driver::GuestPci::new(
-                function.clone(),
-                pci_driver::BAR_BASE,
-                true,
-            ))?;
-            let features = function.t.borrow().negotiated_features();
-            let traps = || function.irq.borrow().traps;
-            let timed = run(&mut blk, disk_bytes, features, traps, false)?;
-            let msi = function.irq.borrow().msi.len() as u64;
-            report(disk_bytes, timed, "PCI traps", traps(), msi);
-        }
+        Kind::Pci => pci(disk(), &ram, disk_bytes)?,
     }
     Ok(())
 }
@@ -170,8 +161,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// seconds it took.
 /// `ack_isr`: the guest reads the interrupt status after each request (MMIO; with MSI-X a
 /// PCI guest does not, §4.1.4.5.2).
-fn run<T: Transport>(
-    blk: &mut VirtIOBlk<GuestHal, T>,
+fn run<H: Hal, T: Transport>(
+    blk: &mut VirtIOBlk<H, T>,
     disk_bytes: u64,
     features: u64,
     traps: impl Fn() -> u64,
@@ -221,6 +212,63 @@ fn run<T: Transport>(
     }
     blk.flush()?;
     Ok((requests, start.elapsed().as_secs_f64()))
+}
+
+/// The RAM disk as a PCI function (one queue of 16, two MSI-X vectors: configuration changes
+/// and the queue), BAR 0 behind a trap window, driven by `virtio-drivers`' own `PciTransport`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+fn pci(
+    disk: BlkDevice,
+    ram: &std::sync::Arc<Arena>,
+    disk_bytes: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use virtq::transport::NotifyMode;
+    use virtq_testkit::trap::TrapHal;
+    use virtq_testkit::trap::pci::{GuestIrq, boot, pci_window};
+
+    // The hypervisor: BAR 0 is a window with no access rights; every notification runs the
+    // device inside the trap.
+    let window = pci_window::<_, 1, 2>(disk, ram, NotifyMode::Inline);
+    // Firmware enumerates the bus, sizes and places BAR 0, enables decoding and bus mastering;
+    // the guest probes with virtio-drivers' own PciTransport (capability walk, BAR mapping),
+    // enables MSI-X and maps the queue to vector 1.
+    let transport = boot(&window, GuestIrq::msix_per_queue(1))?;
+    let mut blk = VirtIOBlk::<TrapHal, _>::new(transport)?;
+    let features = window.with(|t| t.transport().negotiated_features());
+    let traps = || {
+        let c = window.counts();
+        c.reads + c.writes + window.with(|t| t.config_accesses())
+    };
+    let timed = run(&mut blk, disk_bytes, features, traps, false)?;
+    let msi = window.with(|t| t.msi_total());
+    report(disk_bytes, timed, "PCI traps", traps(), msi);
+    Ok(())
+}
+
+/// The RAM disk as a PCI function driven by the register-level driver model (no trap harness
+/// on this host).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+fn pci(
+    disk: BlkDevice,
+    ram: &std::sync::Arc<Arena>,
+    disk_bytes: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // The hypervisor: the RAM disk as a PCI function, one queue of 16, two MSI-X vectors
+    // (configuration changes, the queue).
+    let function = pci_driver::attach::<_, _, 1, 2>(disk, ram.guest_ram());
+    // The guest: probes the function (capability list, BAR sizing and placement), programs
+    // MSI-X, negotiates, sets up its queue on vector 1.
+    let mut blk = VirtIOBlk::<GuestHal, _>::new(pci_driver::GuestPci::new(
+        function.clone(),
+        pci_driver::BAR_BASE,
+        true,
+    ))?;
+    let features = function.t.borrow().negotiated_features();
+    let traps = || function.irq.borrow().traps;
+    let timed = run(&mut blk, disk_bytes, features, traps, false)?;
+    let msi = function.irq.borrow().msi.len() as u64;
+    report(disk_bytes, timed, "PCI traps", traps(), msi);
+    Ok(())
 }
 
 fn report(disk_bytes: u64, (requests, secs): (u64, f64), trap_kind: &str, traps: u64, irqs: u64) {
