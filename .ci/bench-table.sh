@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Print ONE table: device-side ns per chain for virtq, rust-vmm virtio-queue 0.18 and a raw
-# unchecked loop (benches/queue.rs, groups split-*), with the ratios virtq/raw and
+# unchecked loop (bench/benches/queue.rs, groups split-*), with the ratios virtq/raw and
 # rust-vmm/virtq, for the default bench profile and for fat LTO + one codegen unit. Extra
 # columns: virtq with batched completion (one used.idx store per batch), over a RegionTable of
 # two regions instead of one HostRegion, and on the packed ring (all with every check on); and
@@ -10,7 +10,7 @@
 #        PROFILES=default .ci/bench-table.sh   (skip the LTO run)
 #        RUNS=3 .ci/bench-table.sh       (each cell: the lowest median of 3 runs; steadier on a
 #                                         busy machine, about 2 more minutes per extra run)
-# Numbers are criterion medians of per-chain time (see benches/queue.rs for the method).
+# Numbers are criterion medians of per-chain time (see bench/benches/queue.rs for the method).
 # Nothing here asserts on time: the machine is shared and drifts by ±20 %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +32,8 @@ run() { # $1 = profile name, $2 = run number; writes criterion results under $ou
     else
         env+=("CARGO_TARGET_DIR=$target")
     fi
-    echo "== $name, run $2: cargo bench --bench queue -- '^split-'" >&2
-    env "${env[@]}" cargo bench --quiet --bench queue -- '^split-' >"$out/$name.$2.log" 2>&1 || {
+    echo "== $name, run $2: cargo bench -p virtq-bench --bench queue -- '^split-'" >&2
+    env "${env[@]}" cargo bench --quiet -p virtq-bench --bench queue -- '^split-' >"$out/$name.$2.log" 2>&1 || {
         cat "$out/$name.$2.log" >&2
         exit 1
     }
