@@ -27,6 +27,15 @@
 //! | [`memory`] | [`GuestAddress`], [`GuestMemory`] and the provided accessors |
 //! | [`wire`] | little-endian layouts of the ring structures, flag words, feature bits |
 //!
+//! ## Features
+//!
+//! No feature is on by default; the library is `no_std` and allocation-free with every
+//! combination except `vm-memory`, which needs `std`.
+//!
+//! | feature | what it does |
+//! |---|---|
+//! | `defmt` | `defmt::Format` on the public types, and the crate's log messages (a queue stopping on a fatal error, a malformed chain, a refused queue) go to [`defmt`](https://docs.rs/defmt) |
+//!
 //! ## A device loop in a few lines
 //!
 //! The loop below is safe to idle after by construction: when it finds the ring empty with
@@ -58,6 +67,7 @@
 //! # let _ = serve::<virtq::memory::RegionTable<1>>;
 //! ```
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
