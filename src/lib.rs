@@ -35,6 +35,7 @@
 //! | feature | what it does |
 //! |---|---|
 //! | `defmt` | `defmt::Format` on the public types, and the crate's log messages (a queue stopping on a fatal error, a malformed chain, a refused queue) go to [`defmt`](https://docs.rs/defmt) |
+//! | `log` | the same messages go to the [`log`](https://docs.rs/log) crate (targets `virtq::…`; levels warn, debug, trace). With `defmt` on as well, defmt takes precedence and `log` receives nothing |
 //!
 //! ## A device loop in a few lines
 //!
