@@ -635,6 +635,31 @@ impl<M: GuestMemory + ?Sized> PackedWalk<'_, M> {
     }
 }
 
+/// Where the walk is (feature `defmt`): the table and next entry of a split walk, the buffer
+/// and indirect entry of a packed one. Reads no guest memory.
+#[cfg(feature = "defmt")]
+impl<M: ?Sized> defmt::Format for DescriptorIter<'_, M> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match &self.0 {
+            Walk::Split(w) => defmt::write!(
+                f,
+                "DescriptorIter::Split {{ table: {}, next: {}, hops: {=u16}, indirect: {=bool} }}",
+                w.table,
+                w.next,
+                w.hops,
+                w.in_indirect
+            ),
+            Walk::Packed(w) => defmt::write!(
+                f,
+                "DescriptorIter::Packed {{ buffer: {=u16}, indirect_entry: {=u16}, done: {=bool} }}",
+                w.pos,
+                w.idx,
+                w.done
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

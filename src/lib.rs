@@ -34,7 +34,7 @@
 //!
 //! | feature | what it does |
 //! |---|---|
-//! | `defmt` | `defmt::Format` on the public types, and the crate's log messages (a queue stopping on a fatal error, a malformed chain, a refused queue) go to [`defmt`](https://docs.rs/defmt) |
+//! | `defmt` | `defmt::Format` on every public type (the transport's `MmioTransport` excepted for now), and the crate's log messages (a queue stopping on a fatal error, a malformed chain, a refused queue) go to [`defmt`](https://docs.rs/defmt) |
 //! | `log` | the same messages go to the [`log`](https://docs.rs/log) crate (targets `virtq::…`; levels warn, debug, trace). With `defmt` on as well, defmt takes precedence and `log` receives nothing |
 //!
 //! ## A device loop in a few lines
@@ -93,6 +93,8 @@
 mod log;
 
 pub mod chain;
+#[cfg(feature = "defmt")]
+mod defmt_format;
 pub mod error;
 mod in_flight;
 pub mod in_order;
