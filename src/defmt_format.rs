@@ -220,6 +220,17 @@ impl<M: GuestMemory + ?Sized, const L: usize> Format for ChainWriter<'_, M, L> {
     }
 }
 
+#[cfg(feature = "vm-memory")]
+impl<G: vm_memory::GuestMemory + ?Sized> Format for crate::memory::VmMemory<'_, G> {
+    /// How many regions the vm-memory object has (when it is physical memory, not behind an
+    /// IOMMU).
+    fn format(&self, f: Formatter<'_>) {
+        use vm_memory::GuestMemoryBackend as _;
+        let regions = self.inner().physical_memory().map(|p| p.num_regions());
+        write!(f, "VmMemory {{ regions: {} }}", regions);
+    }
+}
+
 /// Names every public type of the crate: the `defmt` build fails if one lacks `Format`.
 /// Generic types are named with placeholder parameters; `.ci/defmt-check.sh` keeps this list
 /// complete.
@@ -257,6 +268,11 @@ fn every_public_type<'m, M: GuestMemory + ?Sized + 'm>() {
     assert_format::<Barrier>();
     assert_format::<HostRegion>();
     assert_format::<RegionTable<4>>();
+    #[cfg(feature = "vm-memory")]
+    fn vm_memory<'a, G: vm_memory::GuestMemory + ?Sized + 'a>() {
+        use crate::memory::VmMemory;
+        assert_format::<VmMemory<'a, G>>();
+    }
     // chains and I/O
     assert_format::<Descriptor>();
     assert_format::<ChainError>();

@@ -14,9 +14,14 @@ use zerocopy::{FromBytes, IntoBytes};
 
 mod host;
 mod regions;
+#[cfg(feature = "vm-memory")]
+mod rust_vmm;
 
 pub use host::HostRegion;
 pub use regions::RegionTable;
+#[cfg(feature = "vm-memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
+pub use rust_vmm::VmMemory;
 
 /// A guest-physical address (§2.7.5 `addr`, §4.2.2 queue address registers).
 ///
@@ -96,6 +101,15 @@ pub enum MemoryError {
     },
     /// A region table was given a region that overlaps another, or is full.
     BadRegion,
+    /// The accessor's backend failed the access for a reason other than the range: an IOMMU
+    /// fault, a region without a host mapping, an I/O error (for example in
+    /// `VmMemory`, feature `vm-memory`). Nothing was written.
+    Backend {
+        /// First address of the failed range.
+        addr: u64,
+        /// Length of the failed range.
+        len: u64,
+    },
 }
 
 impl fmt::Display for MemoryError {
@@ -114,6 +128,9 @@ impl fmt::Display for MemoryError {
                 write!(f, "16-bit index access at {addr:#x} is not 2-aligned")
             }
             Self::BadRegion => f.write_str("region overlaps another region or the table is full"),
+            Self::Backend { addr, len } => {
+                write!(f, "guest memory backend failed on {addr:#x}+{len:#x}")
+            }
         }
     }
 }
