@@ -769,6 +769,9 @@ impl<M: ?Sized, const L: usize> fmt::Debug for ChainReader<'_, M, L> {
 
 impl<'m, M: GuestMemory + ?Sized, const L: usize> ChainReader<'m, M, L> {
     /// A reader over the device-readable part of `chain`; nothing is fetched yet.
+    ///
+    /// Name the type when calling it (`let r: ChainReader<'_, _> = ChainReader::new(..)`), or
+    /// use [`DescriptorChain::reader`]: Rust does not infer the default window `L` (E0284).
     pub fn new(mem: &'m M, chain: &DescriptorChain) -> Self {
         Self::from_iter(mem, chain.iter(mem))
     }
@@ -862,6 +865,9 @@ impl<M: ?Sized, const L: usize> fmt::Debug for ChainWriter<'_, M, L> {
 
 impl<'m, M: GuestMemory + ?Sized, const L: usize> ChainWriter<'m, M, L> {
     /// A writer over the device-writable part of `chain`; nothing is fetched yet.
+    ///
+    /// Name the type when calling it (`let w: ChainWriter<'_, _> = ChainWriter::new(..)`), or
+    /// use [`DescriptorChain::writer`]: Rust does not infer the default window `L` (E0284).
     pub fn new(mem: &'m M, chain: &DescriptorChain) -> Self {
         Self::from_iter(mem, chain.iter(mem))
     }
@@ -915,5 +921,101 @@ impl<'m, M: GuestMemory + ?Sized, const L: usize> ChainWriter<'m, M, L> {
     pub fn finish(mut self) -> Result<u32, IoError> {
         self.cur.validate_rest()?;
         Ok(self.cur.consumed)
+    }
+}
+
+/// Readers and writers straight from a popped chain, with the default window of 16
+/// descriptors.
+///
+/// `ChainReader::new(mem, &chain)` alone does not compile (E0284, "type annotations needed"):
+/// `new` is generic over the window size `L`, and Rust does not fill in a const generic's
+/// default from an expression, only from a type that is written out. Either name the type
+/// (`let r: ChainReader<'_, _> = ChainReader::new(mem, &chain);`, or `ChainReader::<_, 4>` for
+/// another window), or use these methods, whose return type fixes `L` to the default:
+///
+/// ```compile_fail,E0284
+/// # use virtq::{DescriptorChain, GuestMemory, io::ChainReader};
+/// fn serve<M: GuestMemory>(mem: &M, chain: &DescriptorChain) {
+///     let r = ChainReader::new(mem, chain); // error[E0284]: type annotations needed
+///     let _ = r.bytes_read();
+/// }
+/// ```
+///
+/// ```
+/// use virtq::{Features, Queue};
+/// use virtq_testkit::{SplitDriver, TestMemory};
+///
+/// let mem = TestMemory::m0();
+/// let mut driver = SplitDriver::standard(&mem, 8);
+/// let mut q: Queue = driver.queue(8, Features::empty());
+/// mem.poke(0x8_0000, b"ping");
+/// driver.add_chain(&[(0x8_0000, 4, false), (0x8_1000, 4, true)]).unwrap();
+///
+/// let chain = q.pop_avail(&mem)?.unwrap();
+/// let mut r = chain.reader(&mem); // ChainReader<'_, TestMemory>, no annotation
+/// let mut request = [0u8; 4];
+/// r.read_exact(&mut request)?;
+/// let mut w = r.into_writer();
+/// w.write_all(b"pong")?;
+/// q.push_used(&mem, chain.head_index(), w.bytes_written())?;
+///
+/// assert_eq!(&request, b"ping");
+/// assert_eq!(mem.peek(0x8_1000, 4), b"pong");
+/// assert_eq!(driver.pop_used(), Some((0, 4)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl DescriptorChain {
+    /// A [`ChainReader`] over this chain's device-readable part (§2.7.4):
+    /// `ChainReader::new(mem, self)` with the default window.
+    #[inline]
+    pub fn reader<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> ChainReader<'m, M> {
+        ChainReader::new(mem, self)
+    }
+
+    /// A [`ChainWriter`] over this chain's device-writable part (§2.7.4, §2.7.8.2):
+    /// `ChainWriter::new(mem, self)` with the default window.
+    #[inline]
+    pub fn writer<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M) -> ChainWriter<'m, M> {
+        ChainWriter::new(mem, self)
+    }
+}
+
+/// The same for a packed chain (§2.8): the reader and writer borrow the chain, whose copied
+/// buffers they walk.
+///
+/// ```
+/// use virtq::{Features, PackedQueue};
+/// use virtq_testkit::{PackedDriver, TestMemory};
+///
+/// let mem = TestMemory::m0();
+/// let mut driver = PackedDriver::standard(&mem, 8);
+/// let mut q: PackedQueue = driver.queue(8, Features::RING_PACKED);
+/// mem.poke(0x8_0000, b"ping");
+/// let id = driver.add_chain(&[(0x8_0000, 4, false), (0x8_1000, 4, true)]).unwrap();
+///
+/// let chain = q.pop_avail(&mem)?.unwrap();
+/// let mut request = [0u8; 4];
+/// chain.reader(&mem).read_exact(&mut request)?;
+/// let mut w = chain.writer(&mem); // skips the readable part
+/// w.write_all(b"pong")?;
+/// let written = w.bytes_written();
+/// q.push_used(&mem, &chain, written)?;
+///
+/// assert_eq!(&request, b"ping");
+/// assert_eq!(mem.peek(0x8_1000, 4), b"pong");
+/// assert_eq!(driver.pop_used().map(|u| (u.id, u.len)), Some((id, 4)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<const N: usize> crate::packed::PackedChain<N> {
+    /// A [`ChainReader`] over this chain's device-readable part, with the default window.
+    #[inline]
+    pub fn reader<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> ChainReader<'a, M> {
+        ChainReader::from_iter(mem, self.iter(mem))
+    }
+
+    /// A [`ChainWriter`] over this chain's device-writable part, with the default window.
+    #[inline]
+    pub fn writer<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> ChainWriter<'a, M> {
+        ChainWriter::from_iter(mem, self.iter(mem))
     }
 }

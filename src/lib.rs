@@ -116,3 +116,36 @@ pub use notify::{Completion, DrainReport};
 pub use packed::{PackedChain, PackedQueue};
 pub use split::Queue;
 pub use wire::Features;
+
+/// The `zerocopy` crate, re-exported at the version `virtq` uses: its traits appear in public
+/// signatures ([`GuestMemoryExt::read_obj`] and [`ChainReader::read_obj`] need `FromBytes +
+/// IntoBytes`, the `write_obj` methods `IntoBytes + Immutable`, and the [`wire`] layouts have
+/// `zerocopy::little_endian` fields). A device derives them on its own headers through this
+/// re-export, without a `zerocopy` dependency of its own:
+///
+/// ```
+/// use virtq::zerocopy::little_endian::{U32, U64};
+/// use virtq::zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+///
+/// /// A virtio-blk request header (§5.2.6).
+/// #[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+/// #[zerocopy(crate = "virtq::zerocopy")]
+/// #[repr(C)]
+/// struct BlkHeader {
+///     type_: U32,
+///     reserved: U32,
+///     sector: U64,
+/// }
+/// # let h = BlkHeader::read_from_bytes(&[0u8; 16]).unwrap();
+/// # assert_eq!(h.sector.get() + u64::from(h.type_.get() + h.reserved.get()), 0);
+/// ```
+pub use zerocopy;
+
+/// The `heapless` crate, re-exported at the version `virtq` uses:
+/// [`DescriptorChain::copy_into`] and [`PackedChain::copy_into`] fill a `heapless::Vec`.
+pub use heapless;
+
+/// The `vm-memory` crate (feature `vm-memory`), re-exported at the version
+/// [`memory::VmMemory`] implements [`GuestMemory`] for.
+#[cfg(feature = "vm-memory")]
+pub use vm_memory;

@@ -23,7 +23,6 @@ use core::panic::PanicInfo;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use virtq::io::ChainWriter;
 use virtq::memory::HostRegion;
 use virtq::transport::{MmioTransport, MmioVersion, VirtioDevice};
 use virtq::{Completion, GuestAddress, GuestMemory, Queue};
@@ -104,7 +103,7 @@ impl VirtioDevice for Rng {
         };
         let mut block = [0u8; 64];
         let report = q.drain(mem, BUDGET, |chain| {
-            let mut w: ChainWriter<'_, M> = ChainWriter::new(mem, &chain);
+            let mut w = chain.writer(mem);
             for _ in 0..MAX_REQUEST / block.len() {
                 self.fill(&mut block);
                 match w.write(&block) {
