@@ -344,6 +344,7 @@ fn mem_code(e: MemoryError) -> (u8, u64, u64) {
         MemoryError::Overflow { addr, len } => (2, addr, len),
         MemoryError::Misaligned { addr } => (3, addr, 0),
         MemoryError::BadRegion => (4, 0, 0),
+        MemoryError::Backend { addr, len } => (5, addr, len),
     }
 }
 
@@ -353,6 +354,7 @@ fn mem_decode(code: u8, a: u64, b: u64) -> Option<MemoryError> {
         2 => MemoryError::Overflow { addr: a, len: b },
         3 if b == 0 => MemoryError::Misaligned { addr: a },
         4 if a == 0 && b == 0 => MemoryError::BadRegion,
+        5 => MemoryError::Backend { addr: a, len: b },
         _ => return None,
     })
 }
@@ -585,6 +587,7 @@ mod tests {
             },
             MemoryError::Misaligned { addr: 3 },
             MemoryError::BadRegion,
+            MemoryError::Backend { addr: 4, len: 5 },
         ];
         let mut chains = std::vec![
             ChainError::NextOutOfRange { next: 7 },
