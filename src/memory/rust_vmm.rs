@@ -259,4 +259,39 @@ impl<G: vm_memory::GuestMemory + ?Sized> GuestMemory for VmMemory<'_, G> {
         // Readable is what "guest RAM" means here; a write is checked for write access itself.
         self.resolve(addr, len, Permissions::Read).map(|_| ())
     }
+
+    /// Every aligned word inside the range lies in one region at an even host address (so
+    /// `load_u16` and `store_u16` take it), checked slice by slice without touching memory.
+    /// The first word refused gives the error, as `load_u16` would: a word split by a seam
+    /// at an odd address, or the first word of a region mapped at an odd host address, is
+    /// `Misaligned`.
+    fn check_u16_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        let count = self.resolve(addr, len, Permissions::ReadWrite)?;
+        if !addr.is_aligned(2) {
+            return Err(MemoryError::Misaligned { addr: addr.0 });
+        }
+        let end = range_end(addr, len)?;
+        let mut at = addr.0;
+        for slice in self.slices(addr, count, len, Permissions::ReadWrite)? {
+            let slice = slice.map_err(|e| backend_error(&e, addr, len))?;
+            // `resolve` saw these slices cover exactly `[addr, end)`: no sum below overflows.
+            let slice_end = at.saturating_add(slice.len() as u64).min(end);
+            // The first aligned word starting in this slice, if it fits in the slice.
+            let word = at.saturating_add(at & 1);
+            let host = slice.ptr_guard().as_ptr().addr() as u64;
+            if word.saturating_add(2) <= slice_end
+                && host.wrapping_add(word.wrapping_sub(at)) & 1 == 1
+            {
+                return Err(MemoryError::Misaligned { addr: word });
+            }
+            // A slice ending at an odd address inside the range splits the word across it.
+            if slice_end & 1 == 1 && slice_end < end {
+                return Err(MemoryError::Misaligned {
+                    addr: slice_end.saturating_sub(1),
+                });
+            }
+            at = slice_end;
+        }
+        Ok(())
+    }
 }
