@@ -2,8 +2,10 @@
 //! (ranges, holes, seams, overflow, zero length, misalignment, no partial writes, atomic index
 //! words under a concurrent writer, typed backend errors) and dirty-page tracking.
 //!
-//! These stand in for the testkit's `GuestMemory` conformance suite until it lands on `main`;
-//! each test names the contract item it checks.
+//! The testkit's `GuestMemory` conformance suite runs on the adapter in
+//! `vm_memory_conformance.rs`; these tests add what is specific to vm-memory (its partial
+//! `Bytes::write`, odd seams, dirty bitmaps, backend errors), each naming the contract item it
+//! checks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
