@@ -12,9 +12,14 @@ use virtq_testkit::{PackedDriver, SplitDriver, TestMemory};
 /// Cursor values around the 16-bit wrap, and a few ordinary ones.
 const STARTS: [u16; 8] = [0, 1, 0x7FFF, 0x8000, 0xFFFD, 0xFFFE, 0xFFFF, 0x1234];
 
+/// The starts a run covers: all natively, the ones at the wrap under Miri.
+fn starts() -> &'static [u16] {
+    if cfg!(miri) { &STARTS[4..7] } else { &STARTS }
+}
+
 #[test]
 fn split_push_after_moving_next_used_publishes() {
-    for start in STARTS {
+    for &start in starts() {
         for event in [false, true] {
             let mem = TestMemory::m0();
             let mut drv = SplitDriver::standard(&mem, 8);
@@ -71,7 +76,7 @@ fn split_push_after_moving_next_used_publishes() {
 
 #[test]
 fn split_pop_after_moving_next_avail_reads_the_index_afresh() {
-    for start in STARTS {
+    for &start in starts() {
         let mem = TestMemory::m0();
         let mut drv = SplitDriver::standard(&mem, 8);
         let mut q = drv.queue(8, Features::empty());
