@@ -34,8 +34,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use virtq::Features;
-use virtq::transport::MmioTransport;
 use virtq::transport::mmio::MmioVersion;
+use virtq::transport::{Events, MmioOutcome, MmioTransport};
 use virtq_testkit::devices::BlkDevice;
 use virtq_testkit::guest::virtio_drivers::Hal;
 use virtq_testkit::guest::virtio_drivers::device::blk::VirtIOBlk;
@@ -63,11 +63,32 @@ impl MmioBus for TrapHandler {
         self.trap(|dev| dev.read(offset, width)) as u32
     }
 
-    /// A trapped guest store. A `QueueNotify` runs the device to completion inside the trap;
-    /// the return value is the interrupt line level to forward to the interrupt controller.
+    /// A trapped guest store. A `QueueNotify` runs the device inside the trap for at most its
+    /// budget; the outcome says what to do next.
     fn write(&self, offset: u64, width: u8, value: u32) {
-        if self.trap(|dev| dev.write(offset, width, value.into())) {
-            self.irqs.set(self.irqs.get() + 1); // a hypervisor would assert the guest's IRQ here
+        let out = self.trap(|dev| dev.write(offset, width, value.into()));
+        self.deliver(out);
+    }
+}
+
+impl TrapHandler {
+    /// Act on an outcome: queue work the device's budget did not cover runs once more (a
+    /// hypervisor may as well hand it to an I/O thread); every notification the device raised
+    /// is an interrupt for the guest.
+    fn deliver(&self, mut out: MmioOutcome) {
+        if out.events.contains(Events::KICKS) {
+            let mut dev = self.device.lock().unwrap();
+            let mut pending = Vec::new();
+            dev.take_kicks(|q| pending.push(q));
+            for q in pending {
+                let more = dev.process_queue(q);
+                out.raised |= more.raised;
+            }
+        }
+        if !out.raised.is_empty() {
+            // A hypervisor would send the guest an interrupt here (an edge; a level-triggered
+            // line would follow `out.irq` instead).
+            self.irqs.set(self.irqs.get() + 1);
         }
     }
 }
@@ -164,7 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn run<H: Hal, T: Transport>(
     blk: &mut VirtIOBlk<H, T>,
     disk_bytes: u64,
-    features: u64,
+    features: Features,
     traps: impl Fn() -> u64,
     ack_isr: bool,
 ) -> Result<(u64, f64), Box<dyn std::error::Error>> {
@@ -174,7 +195,7 @@ fn run<H: Hal, T: Transport>(
         "virtio-blk \"{}\": {} MiB, features {:#x}, {} traps to boot",
         String::from_utf8_lossy(&id[..n]),
         (blk.capacity() * SECTOR as u64) >> 20,
-        features,
+        features.bits(),
         traps()
     );
 

@@ -18,6 +18,7 @@ use crate::io::{ChainReader, ChainWriter, Reader, Writer};
 use crate::memory::{GuestMemory, HostRegion, RegionTable};
 use crate::packed::PackedQueue;
 use crate::split::Queue;
+use crate::transport::{AnyQueue, Events, InterruptStatus, Queues};
 use crate::wire::{
     AvailFlags, DescFlags, DeviceStatus, EventSuppress, Features, PackedDesc, SplitDesc, UsedElem,
     UsedFlags,
@@ -60,7 +61,32 @@ macro_rules! format_flags {
     )*};
 }
 
-format_flags!(DescFlags, AvailFlags, UsedFlags, Features, DeviceStatus);
+format_flags!(
+    DescFlags,
+    AvailFlags,
+    UsedFlags,
+    Features,
+    DeviceStatus,
+    Events,
+    InterruptStatus,
+);
+
+impl Format for AnyQueue<'_> {
+    fn format(&self, f: Formatter<'_>) {
+        match self {
+            AnyQueue::Split(q) => write!(f, "AnyQueue::Split({})", q),
+            AnyQueue::Packed(q) => write!(f, "AnyQueue::Packed({})", q),
+        }
+    }
+}
+
+impl Format for Queues<'_> {
+    /// The format and how many queues; each queue prints through [`AnyQueue`].
+    fn format(&self, f: Formatter<'_>) {
+        let format = if self.is_packed() { "Packed" } else { "Split" };
+        write!(f, "Queues::{=str}({=usize} queues)", format, self.len());
+    }
+}
 
 impl Format for SplitDesc {
     fn format(&self, f: Formatter<'_>) {
@@ -291,7 +317,7 @@ fn every_public_type<'m, M: GuestMemory + ?Sized + 'm>() {
     fn assert_format<T: Format + ?Sized>() {}
 
     use crate::chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
-    use crate::error::QueueError;
+    use crate::error::{QueueError, SizeError};
     use crate::io::IoError;
     use crate::memory::{Barrier, GuestAddress, MemoryError};
     use crate::notify::{Completion, DrainReport};
@@ -301,7 +327,10 @@ fn every_public_type<'m, M: GuestMemory + ?Sized + 'm>() {
     use crate::split::state::SplitFields;
     use crate::transport::mmio::state::MmioFields;
     use crate::transport::pci::{MsiMessage, MsixVectors, PciEvents, PciIds, PciOutcome};
-    use crate::transport::{CoreFields, MmioVersion, NotifyMode, QueueRegsFields, QueueSetupError};
+    use crate::transport::{
+        AnyChain, CoreFields, DeviceId, MmioOutcome, MmioVersion, NotifyMode, NotifyReport,
+        QueueRegsFields, QueueSetupError,
+    };
     use crate::wire::RingEventFlags;
 
     // wire
@@ -353,6 +382,15 @@ fn every_public_type<'m, M: GuestMemory + ?Sized + 'm>() {
     assert_format::<PciEvents>();
     assert_format::<MsixVectors>();
     assert_format::<MsiMessage>();
+    assert_format::<Events>();
+    assert_format::<InterruptStatus>();
+    assert_format::<MmioOutcome>();
+    assert_format::<DeviceId>();
+    assert_format::<NotifyReport>();
+    assert_format::<Queues<'m>>();
+    assert_format::<AnyQueue<'m>>();
+    assert_format::<AnyChain<3>>();
+    assert_format::<SizeError>();
     // saved state (snapshot)
     assert_format::<Snapshot<64>>();
     assert_format::<Header>();

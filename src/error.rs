@@ -152,3 +152,38 @@ impl Sticky {
         e
     }
 }
+
+/// Why [`Queue::try_new`](crate::Queue::try_new), [`Queue::try_set_size`](crate::Queue::try_set_size)
+/// or their [`PackedQueue`](crate::PackedQueue) counterparts refused a size instead of rounding
+/// it (§2.7: a split ring's size is a power of two; §2.6, §2.8: at most 32768, never 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SizeError {
+    /// The size was 0 (SPLIT-01, PACKED-03).
+    Zero,
+    /// The size is above the limit: 32768 for a maximum, the queue's `max_size` for a size.
+    TooLarge {
+        /// The value given.
+        size: u16,
+        /// The largest value allowed.
+        max: u16,
+    },
+    /// A split ring's size that is not a power of two (SPLIT-01).
+    NotPowerOfTwo {
+        /// The value given.
+        size: u16,
+    },
+}
+
+impl fmt::Display for SizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Zero => f.write_str("queue size 0"),
+            Self::TooLarge { size, max } => write!(f, "queue size {size} above {max}"),
+            Self::NotPowerOfTwo { size } => write!(f, "queue size {size} not a power of two"),
+        }
+    }
+}
+
+impl core::error::Error for SizeError {}

@@ -110,12 +110,13 @@ pub mod transport;
 pub mod wire;
 
 pub use chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
-pub use error::QueueError;
+pub use error::{QueueError, SizeError};
 pub use io::{ChainReader, ChainWriter, IoError, Reader, Writer};
 pub use memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
 pub use notify::{Completion, DrainReport};
 pub use packed::{PackedChain, PackedQueue};
 pub use split::Queue;
+pub use transport::{AnyChain, AnyQueue, Queues};
 pub use wire::Features;
 
 /// The `zerocopy` crate, re-exported at the version `virtq` uses: its traits appear in public

@@ -42,6 +42,7 @@ pub fn need_event<T: RingIndex>(event: T, new: T, old: T) -> bool {
 }
 
 /// Result of [`Queue::drain`](crate::Queue::drain): what happened and what to do next.
+#[must_use = "`notify` is an interrupt the driver waits for, `more` is work no kick will announce"]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DrainReport {

@@ -61,7 +61,7 @@ fn check_negotiated<D: VirtioDevice, M: GuestMemory, const Q: usize>(
     extra: Features,
 ) {
     let tr = t.transport();
-    let neg = Features::from_bits_truncate(tr.negotiated_features());
+    let neg = Features::from_bits_truncate(tr.negotiated_features().bits());
     let ctx = format!("{version:?} {extra:?}");
     assert_eq!(neg & BOTH, extra & BOTH, "{ctx}");
     assert_eq!(
@@ -69,7 +69,7 @@ fn check_negotiated<D: VirtioDevice, M: GuestMemory, const Q: usize>(
         version == MmioVersion::V2,
         "{ctx}"
     );
-    let offered = Features::from_bits_truncate(tr.offered_features());
+    let offered = Features::from_bits_truncate(tr.offered_features().bits());
     assert_eq!(
         offered.contains(Features::RING_PACKED),
         version == MmioVersion::V2 && extra.contains(Features::RING_PACKED),

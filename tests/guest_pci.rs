@@ -93,11 +93,11 @@ fn check_negotiated<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: us
     extra: Features,
 ) {
     let tr = t.transport();
-    let neg = Features::from_bits_truncate(tr.negotiated_features());
+    let neg = Features::from_bits_truncate(tr.negotiated_features().bits());
     let ctx = format!("{irq:?} {extra:?}");
     assert_eq!(neg & BOTH, extra & BOTH, "{ctx}");
     assert!(neg.contains(Features::VERSION_1), "{ctx}");
-    let offered = Features::from_bits_truncate(tr.offered_features());
+    let offered = Features::from_bits_truncate(tr.offered_features().bits());
     assert_eq!(
         offered.contains(Features::RING_PACKED),
         extra.contains(Features::RING_PACKED),

@@ -35,7 +35,7 @@ fn echo_round_trip_matrix() {
             "config space over MMIO"
         );
         assert_eq!(
-            Features::from_bits_truncate(dev.lock().unwrap().negotiated_features())
+            Features::from_bits_truncate(dev.lock().unwrap().negotiated_features().bits())
                 & (Features::INDIRECT_DESC | Features::EVENT_IDX),
             extra
         );
@@ -88,7 +88,7 @@ fn stale_receive_buffer_dropped_on_queue_stop_h19() {
         MmioVersion::V2,
     );
     let w = |d: &mut MmioTransport<ConsoleDevice, &TestMemory, 2>, off: u64, v: u64| {
-        d.write(off, 4, v);
+        let _ = d.write(off, 4, v);
     };
     let enable = |d: &mut MmioTransport<ConsoleDevice, &TestMemory, 2>, q: &SplitDriver, i| {
         w(d, regs::QUEUE_SEL, i);

@@ -42,7 +42,7 @@ fn loopback_round_trip_matrix() {
             VirtIONet::<GuestHal, _, 16>::new(GuestMmio::new(dev.clone()).unwrap(), 2048).unwrap();
         assert_eq!(net.mac_address(), MAC, "config space over MMIO");
         assert_eq!(
-            Features::from_bits_truncate(dev.lock().unwrap().negotiated_features())
+            Features::from_bits_truncate(dev.lock().unwrap().negotiated_features().bits())
                 & (Features::INDIRECT_DESC | Features::EVENT_IDX),
             extra
         );

@@ -38,29 +38,29 @@ fn areas(q: u16) -> Areas {
 }
 
 fn offered<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>) -> u64 {
-    t.write(regs::DEVICE_FEATURES_SEL, 4, 0);
+    let _ = t.write(regs::DEVICE_FEATURES_SEL, 4, 0);
     let lo = t.read(regs::DEVICE_FEATURES, 4);
-    t.write(regs::DEVICE_FEATURES_SEL, 4, 1);
+    let _ = t.write(regs::DEVICE_FEATURES_SEL, 4, 1);
     let hi = t.read(regs::DEVICE_FEATURES, 4);
     lo | (hi << 32)
 }
 
 /// ACKNOWLEDGE, DRIVER, accept `offered & want`, FEATURES_OK (must latch). Returns the set.
 fn negotiate<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>, want: u64) -> u64 {
-    t.write(regs::STATUS, 4, ACK);
-    t.write(regs::STATUS, 4, ACK | DRIVER);
+    let _ = t.write(regs::STATUS, 4, ACK);
+    let _ = t.write(regs::STATUS, 4, ACK | DRIVER);
     let accept = offered(t) & want;
-    t.write(regs::DRIVER_FEATURES_SEL, 4, 0);
-    t.write(regs::DRIVER_FEATURES, 4, accept & 0xFFFF_FFFF);
-    t.write(regs::DRIVER_FEATURES_SEL, 4, 1);
-    t.write(regs::DRIVER_FEATURES, 4, accept >> 32);
-    t.write(regs::STATUS, 4, ACK | DRIVER | FEATURES_OK);
+    let _ = t.write(regs::DRIVER_FEATURES_SEL, 4, 0);
+    let _ = t.write(regs::DRIVER_FEATURES, 4, accept & 0xFFFF_FFFF);
+    let _ = t.write(regs::DRIVER_FEATURES_SEL, 4, 1);
+    let _ = t.write(regs::DRIVER_FEATURES, 4, accept >> 32);
+    let _ = t.write(regs::STATUS, 4, ACK | DRIVER | FEATURES_OK);
     assert_ne!(
         t.read(regs::STATUS, 4) & FEATURES_OK,
         0,
         "FEATURES_OK latched"
     );
-    assert_eq!(t.negotiated_features(), accept);
+    assert_eq!(t.negotiated_features().bits(), accept);
     accept
 }
 
@@ -71,22 +71,22 @@ fn setup_queue<D: VirtioDevice, const Q: usize>(
     size: u32,
     (desc, driver, device): Areas,
 ) -> Option<QueueSetupError> {
-    t.write(regs::QUEUE_SEL, 4, q.into());
-    t.write(regs::QUEUE_NUM, 4, size.into());
+    let _ = t.write(regs::QUEUE_SEL, 4, q.into());
+    let _ = t.write(regs::QUEUE_NUM, 4, size.into());
     for (lo, hi, v) in [
         (regs::QUEUE_DESC_LOW, regs::QUEUE_DESC_HIGH, desc),
         (regs::QUEUE_DRIVER_LOW, regs::QUEUE_DRIVER_HIGH, driver),
         (regs::QUEUE_DEVICE_LOW, regs::QUEUE_DEVICE_HIGH, device),
     ] {
-        t.write(lo, 4, v & 0xFFFF_FFFF);
-        t.write(hi, 4, v >> 32);
+        let _ = t.write(lo, 4, v & 0xFFFF_FFFF);
+        let _ = t.write(hi, 4, v >> 32);
     }
-    t.write(regs::QUEUE_READY, 4, 1);
+    let _ = t.write(regs::QUEUE_READY, 4, 1);
     t.queue_setup_error(q)
 }
 
 fn go_live<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>) {
-    t.write(regs::STATUS, 4, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
+    let _ = t.write(regs::STATUS, 4, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
     assert_eq!(
         t.read(regs::STATUS, 4),
         ACK | DRIVER | FEATURES_OK | DRIVER_OK
@@ -96,9 +96,9 @@ fn go_live<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>) {
 /// `QueueNotify` for queue `q`; returns whether a used-buffer interrupt was raised, and
 /// acknowledges it.
 fn kick<D: VirtioDevice, const Q: usize>(t: &mut Mmio<'_, D, Q>, q: u16) -> bool {
-    t.write(regs::QUEUE_NOTIFY, 4, q.into());
+    let _ = t.write(regs::QUEUE_NOTIFY, 4, q.into());
     let status = t.read(regs::INTERRUPT_STATUS, 4);
-    t.write(regs::INTERRUPT_ACK, 4, status);
+    let _ = t.write(regs::INTERRUPT_ACK, 4, status);
     status & u64::from(INT_VRING) != 0
 }
 
@@ -173,19 +173,25 @@ fn feature_offered_only_when_device_opts_in_and_on_v2() {
         &mem,
         MmioVersion::V2,
     );
-    assert_eq!(t.offered_features() & Features::RING_PACKED.bits(), 0);
+    assert_eq!(
+        t.offered_features().bits() & Features::RING_PACKED.bits(),
+        0
+    );
     let with = BlkDevice::new(8, Features::RING_PACKED, 16);
     let t = Mmio::<_, 1>::new(with, &mem, MmioVersion::V2);
-    assert_ne!(t.offered_features() & Features::RING_PACKED.bits(), 0);
+    assert_ne!(
+        t.offered_features().bits() & Features::RING_PACKED.bits(),
+        0
+    );
     // A device type without `PACKED_RING` is never offered the packed ring, even if its
     // feature list has the bit.
     struct SplitOnly;
     impl VirtioDevice for SplitOnly {
-        fn device_id(&self) -> u32 {
-            2
+        fn device_id(&self) -> virtq::transport::DeviceId {
+            virtq::transport::DeviceId::BLOCK
         }
-        fn device_features(&self) -> u64 {
-            Features::RING_PACKED.bits()
+        fn device_features(&self) -> Features {
+            Features::RING_PACKED
         }
         fn queue_max_size(&self, _: u16) -> u16 {
             8
@@ -194,18 +200,24 @@ fn feature_offered_only_when_device_opts_in_and_on_v2() {
         fn queue_notify<M: virtq::GuestMemory + ?Sized>(
             &mut self,
             _: u16,
-            _: &mut [virtq::Queue],
+            _: virtq::transport::Queues<'_>,
             _: &M,
-        ) -> bool {
-            false
+        ) -> virtq::transport::NotifyReport {
+            virtq::transport::NotifyReport::IDLE
         }
     }
     let t = Mmio::<_, 1>::new(SplitOnly, &mem, MmioVersion::V2);
-    assert_eq!(t.offered_features() & Features::RING_PACKED.bits(), 0);
+    assert_eq!(
+        t.offered_features().bits() & Features::RING_PACKED.bits(),
+        0
+    );
     // Legacy has no packed ring (it needs VERSION_1).
     let with = BlkDevice::new(8, Features::RING_PACKED, 16);
     let t = Mmio::<_, 1>::new(with, &mem, MmioVersion::Legacy);
-    assert_eq!(t.offered_features() & Features::RING_PACKED.bits(), 0);
+    assert_eq!(
+        t.offered_features().bits() & Features::RING_PACKED.bits(),
+        0
+    );
 }
 
 /// H9c: QueueNum 6 is refused for a split ring and accepted for a packed one; the other
@@ -283,7 +295,7 @@ fn packed_queue_setup_validation_h9() {
     let mut t = Mmio::<_, 1>::new(dev(), &mem, MmioVersion::V2);
     negotiate(&mut t, (Features::VERSION_1 | Features::RING_PACKED).bits());
     assert_eq!(setup_queue(&mut t, 0, 6, good), None);
-    t.write(regs::STATUS, 4, 0);
+    let _ = t.write(regs::STATUS, 4, 0);
     assert!(!t.is_packed());
     assert!(
         !t.packed_queue(0).unwrap().ready,
@@ -555,13 +567,13 @@ fn broken_packed_queue_raises_needs_reset() {
     let (mut t, mut drivers) = packed_device::<_, 1>(&mem, dev, Features::empty(), 6);
     let drv = &mut drivers[0];
     drv.publish_raw(0, &[(HDR, 16, pflags::N); 6]);
-    t.write(regs::QUEUE_NOTIFY, 4, 0);
+    let _ = t.write(regs::QUEUE_NOTIFY, 4, 0);
     assert!(t.packed_queue(0).unwrap().is_broken());
     assert_ne!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0);
     let irq = t.read(regs::INTERRUPT_STATUS, 4);
     assert_ne!(irq & 2, 0, "configuration-change interrupt");
-    t.write(regs::INTERRUPT_ACK, 4, irq);
-    t.write(regs::QUEUE_NOTIFY, 4, 0);
+    let _ = t.write(regs::INTERRUPT_ACK, 4, irq);
+    let _ = t.write(regs::QUEUE_NOTIFY, 4, 0);
     assert_eq!(
         t.read(regs::INTERRUPT_STATUS, 4),
         0,
@@ -584,8 +596,8 @@ fn stale_packed_receive_buffer_dropped_on_queue_stop_h19() {
     post_rx(&mut drivers[0], false, old_buf, 64, 1);
     kick(&mut t, console::RX);
     // QueueReady = 0 on the receive queue.
-    t.write(regs::QUEUE_SEL, 4, console::RX.into());
-    t.write(regs::QUEUE_READY, 4, 0);
+    let _ = t.write(regs::QUEUE_SEL, 4, console::RX.into());
+    let _ = t.write(regs::QUEUE_READY, 4, 0);
     assert!(!t.packed_queue(console::RX).unwrap().ready);
     // Re-enable at new addresses with a fresh driver.
     let (d, a, u) = (0x20_0000, 0x21_0000, 0x21_0100);
@@ -616,8 +628,8 @@ fn queue_enabled_before_features_ok_then_packed_is_refused() {
     let mem = ram();
     let dev = BlkDevice::new(8, Features::RING_PACKED, 16);
     let mut t = Mmio::<_, 1>::new(dev, &mem, MmioVersion::V2);
-    t.write(regs::STATUS, 4, ACK);
-    t.write(regs::STATUS, 4, ACK | DRIVER);
+    let _ = t.write(regs::STATUS, 4, ACK);
+    let _ = t.write(regs::STATUS, 4, ACK | DRIVER);
     assert_eq!(
         setup_queue(&mut t, 0, 16, areas(0)),
         Some(QueueSetupError::FeaturesNotAccepted)
@@ -626,12 +638,12 @@ fn queue_enabled_before_features_ok_then_packed_is_refused() {
     assert_ne!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0);
     negotiate(&mut t, (Features::VERSION_1 | Features::RING_PACKED).bits());
     assert!(t.is_packed());
-    t.write(regs::QUEUE_SEL, 4, 0);
+    let _ = t.write(regs::QUEUE_SEL, 4, 0);
     assert_eq!(t.read(regs::QUEUE_READY, 4), 0, "no ready-but-dead queue");
     assert!(!t.packed_queue(0).unwrap().ready);
     assert!(!t.queue(0).unwrap().ready);
     // After a reset, the driver that follows §3.1.1 gets a working packed queue.
-    t.write(regs::STATUS, 4, 0);
+    let _ = t.write(regs::STATUS, 4, 0);
     let (mut t, mut drivers) = packed_device::<_, 1>(
         &mem,
         BlkDevice::new(8, Features::RING_PACKED, 16),
@@ -657,7 +669,7 @@ fn packed_queue_of_any_size_up_to_the_device_max_issue15() {
     let dev = || BlkDevice::new(64, Features::RING_PACKED, 100);
     for size in [100u16, 37] {
         let mut t = Mmio::<_, 1>::new(dev(), &mem, MmioVersion::V2);
-        t.write(regs::QUEUE_SEL, 4, 0);
+        let _ = t.write(regs::QUEUE_SEL, 4, 0);
         assert_eq!(t.read(regs::QUEUE_NUM_MAX, 4), 64, "split maximum first");
         negotiate(&mut t, (Features::VERSION_1 | Features::RING_PACKED).bits());
         assert_eq!(
@@ -705,13 +717,13 @@ fn packed_queue_of_any_size_up_to_the_device_max_issue15() {
     // Split negotiated: the maximum is 64, and 100 is refused.
     let mut t = Mmio::<_, 1>::new(dev(), &mem, MmioVersion::V2);
     negotiate(&mut t, Features::VERSION_1.bits());
-    t.write(regs::QUEUE_SEL, 4, 0);
+    let _ = t.write(regs::QUEUE_SEL, 4, 0);
     assert_eq!(t.read(regs::QUEUE_NUM_MAX, 4), 64);
     assert_eq!(
         setup_queue(&mut t, 0, 100, areas(0)),
         Some(QueueSetupError::SizeTooLarge { size: 100 })
     );
     // The refused queue reads as enabled (MMIO-16) until the driver stops it.
-    t.write(regs::QUEUE_READY, 4, 0);
+    let _ = t.write(regs::QUEUE_READY, 4, 0);
     assert_eq!(setup_queue(&mut t, 0, 64, areas(0)), None);
 }

@@ -5,8 +5,10 @@
 //! `[2 MiB, 3 MiB)`.
 
 use virtq::transport::mmio::{INT_CONFIG, INT_VRING, MAGIC, MmioVersion, regs};
-use virtq::transport::{MmioTransport, QueueSetupError, VirtioDevice, config_read};
-use virtq::{Completion, Features, GuestMemory, Queue};
+use virtq::transport::{
+    DeviceId, MmioTransport, NotifyReport, QueueSetupError, Queues, VirtioDevice, config_read,
+};
+use virtq::{Completion, Features, GuestMemory};
 use virtq_testkit::{SplitDriver, TestMemory};
 
 /// A device with queues 0 and 1 (256 entries) in a transport with room for 4.
@@ -24,16 +26,16 @@ struct Probe {
 const CONFIG: [u8; 8] = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
 
 impl VirtioDevice for Probe {
-    fn device_id(&self) -> u32 {
-        42
+    fn device_id(&self) -> DeviceId {
+        DeviceId(42)
     }
     fn vendor_id(&self) -> u32 {
         0x5654_5100
     }
-    fn device_features(&self) -> u64 {
-        self.features
+    fn device_features(&self) -> Features {
+        Features::from_bits_retain(self.features)
     }
-    fn validate_features(&self, _accepted: u64) -> bool {
+    fn validate_features(&self, _accepted: Features) -> bool {
         !self.refuse_features
     }
     fn queue_max_size(&self, index: u16) -> u16 {
@@ -45,8 +47,8 @@ impl VirtioDevice for Probe {
     fn write_config(&mut self, offset: u32, data: &[u8]) {
         self.config_writes.push((offset, data.to_vec()));
     }
-    fn activate(&mut self, negotiated: u64) {
-        self.activated = Some(negotiated);
+    fn activate(&mut self, negotiated: Features) {
+        self.activated = Some(negotiated.bits());
     }
     fn reset(&mut self) {
         self.resets += 1;
@@ -57,13 +59,12 @@ impl VirtioDevice for Probe {
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
-        queues: &mut [Queue],
+        mut queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
+    ) -> NotifyReport {
         self.notified.push(index);
-        let q = &mut queues[usize::from(index)];
-        q.drain(mem, 64, |_| Completion::Used(0))
-            .is_ok_and(|r| r.notify)
+        let mut q = queues.get(index).unwrap();
+        q.drain(mem, 64, |_| Completion::Used(0)).into()
     }
 }
 
@@ -90,8 +91,9 @@ fn rd(d: &Dev<'_>, off: u64) -> u32 {
     u32::try_from(d.read(off, 4)).expect("a 32-bit register")
 }
 
+/// An aligned 32-bit register write; the interrupt line level afterwards.
 fn wr(d: &mut Dev<'_>, off: u64, v: u32) -> bool {
-    d.write(off, 4, v.into())
+    d.write(off, 4, v.into()).irq
 }
 
 fn set_features(d: &mut Dev<'_>, f: u64) {
@@ -174,7 +176,7 @@ fn feature_words_mmio_r05_r08_feat06() {
     wr(&mut d, regs::DEVICE_FEATURES_SEL, 1);
     let hi = u64::from(rd(&d, regs::DEVICE_FEATURES));
     let offered = lo | hi << 32;
-    assert_eq!(offered, d.offered_features());
+    assert_eq!(offered, d.offered_features().bits());
     for f in [
         Features::ADMIN_VQ,          // MMIO-31
         Features::SR_IOV,            // RSV-12
@@ -204,11 +206,11 @@ fn feature_words_mmio_r05_r08_feat06() {
     assert_eq!(rd(&d, regs::DRIVER_FEATURES), 0);
     // Legacy: no VERSION_1, legacy bits allowed.
     let l = dev(&mem, u64::MAX, MmioVersion::Legacy);
-    assert_eq!(l.offered_features() & V1, 0);
-    assert_ne!(l.offered_features() & (1 << 27), 0);
-    assert_eq!(l.offered_features() & Features::ADMIN_VQ.bits(), 0);
+    assert_eq!(l.offered_features().bits() & V1, 0);
+    assert_ne!(l.offered_features().bits() & (1 << 27), 0);
+    assert_eq!(l.offered_features().bits() & Features::ADMIN_VQ.bits(), 0);
     assert_eq!(
-        l.offered_features() & Features::RING_RESET.bits(),
+        l.offered_features().bits() & Features::RING_RESET.bits(),
         0,
         "no QueueReset in v1"
     );
@@ -221,7 +223,7 @@ fn features_ok_validation_feat05_feat08_feat09() {
     let mut d = dev(&mem, offered, MmioVersion::V2);
     // FEAT-08: a bit that was not offered → FEATURES_OK stays clear (FEAT-05).
     assert_eq!(negotiate(&mut d, V1 | 2) & FEAT_OK, 0);
-    assert_eq!(d.negotiated_features(), 0);
+    assert_eq!(d.negotiated_features().bits(), 0);
     // VERSION_1 not accepted on v2 → refused (RSV-04, INIT-04).
     assert_eq!(negotiate(&mut d, 1) & FEAT_OK, 0);
     // The device's own prerequisite check refuses too.
@@ -236,13 +238,13 @@ fn features_ok_validation_feat05_feat08_feat09() {
     assert_eq!(rd(&d, regs::STATUS), 1);
     // A valid subset latches.
     assert_eq!(negotiate(&mut d, V1 | 1), ACK_DRV | FEAT_OK);
-    assert_eq!(d.negotiated_features(), V1 | 1);
+    assert_eq!(d.negotiated_features().bits(), V1 | 1);
     // FEAT-09: DriverFeatures after FEATURES_OK is ignored.
     set_features(&mut d, offered);
-    assert_eq!(d.negotiated_features(), V1 | 1);
+    assert_eq!(d.negotiated_features().bits(), V1 | 1);
     // A retry of FEATURES_OK keeps the latched set.
     wr(&mut d, regs::STATUS, ACK_DRV | FEAT_OK);
-    assert_eq!(d.negotiated_features(), V1 | 1);
+    assert_eq!(d.negotiated_features().bits(), V1 | 1);
 }
 
 #[test]
@@ -267,9 +269,9 @@ fn status_state_machine_stat10_11_13() {
     live(&mut d, &drv);
     assert_eq!(d.device().activated, Some(V1));
     // STAT-10: NEEDS_RESET raised by the device survives a status write without it.
-    assert!(d.raise_needs_reset());
+    assert!(d.raise_needs_reset().irq);
     assert_eq!(
-        d.interrupt_status(),
+        u32::from(d.interrupt_status().bits()),
         INT_CONFIG,
         "STAT-09: config interrupt with DRIVER_OK"
     );
@@ -290,8 +292,8 @@ fn status_state_machine_stat10_11_13() {
     // Reset from any state (STAT-14) clears everything (STAT-06, MMIO-06).
     wr(&mut d, regs::STATUS, 0);
     assert_eq!(rd(&d, regs::STATUS), 0);
-    assert_eq!(d.interrupt_status(), 0);
-    assert_eq!(d.negotiated_features(), 0);
+    assert_eq!(u32::from(d.interrupt_status().bits()), 0);
+    assert_eq!(d.negotiated_features().bits(), 0);
     wr(&mut d, regs::QUEUE_SEL, 0);
     assert_eq!(rd(&d, regs::QUEUE_READY), 0);
     assert!(!d.queue(0).unwrap().ready);
@@ -402,7 +404,7 @@ fn queue_enable_checks_h9() {
         assert!(!d.queue(0).unwrap().ready, "{name}");
         assert!(needs_reset(&d), "{name}: DEVICE_NEEDS_RESET");
         assert_eq!(
-            d.interrupt_status() & INT_CONFIG,
+            u32::from(d.interrupt_status().bits()) & INT_CONFIG,
             INT_CONFIG,
             "{name}: config irq"
         );
@@ -511,7 +513,7 @@ fn interrupt_status_and_ack_mmio01_to_06() {
     // MMIO-R14: reading does not clear.
     assert_eq!(rd(&d, regs::INTERRUPT_STATUS), INT_VRING);
     // Config change while the vring bit is pending (MMIO-05).
-    assert!(d.signal_config_change());
+    assert!(d.signal_config_change().irq);
     assert_eq!(rd(&d, regs::INTERRUPT_STATUS), INT_VRING | INT_CONFIG);
     // MMIO-R15: ACK clears only the written bits; MMIO-26: undefined bits ignored.
     assert!(wr(&mut d, regs::INTERRUPT_ACK, INT_VRING | 0xFFFF_FFF0));
@@ -539,7 +541,7 @@ fn interrupt_status_and_ack_mmio01_to_06() {
     // MMIO-06: reset clears interrupt status and QueueReady.
     drv.add_chain(&[(0x8000, 16, false)]);
     wr(&mut d, regs::QUEUE_NOTIFY, 0);
-    assert_ne!(d.interrupt_status(), 0);
+    assert_ne!(u32::from(d.interrupt_status().bits()), 0);
     wr(&mut d, regs::STATUS, 0);
     assert_eq!(rd(&d, regs::INTERRUPT_STATUS), 0);
     assert!(!d.interrupt_asserted());
@@ -561,18 +563,18 @@ fn broken_queue_needs_reset_once_others_unaffected() {
     assert!(wr(&mut d, regs::QUEUE_NOTIFY, 0));
     assert!(d.queue(0).unwrap().is_broken());
     assert!(needs_reset(&d));
-    assert_eq!(d.interrupt_status(), INT_CONFIG);
+    assert_eq!(u32::from(d.interrupt_status().bits()), INT_CONFIG);
     wr(&mut d, regs::INTERRUPT_ACK, INT_CONFIG);
     // Further kicks on the broken queue: no memory access, no new interrupt.
     mem.start_recording();
     wr(&mut d, regs::QUEUE_NOTIFY, 0);
     assert!(mem.take_log().is_empty());
-    assert_eq!(d.interrupt_status(), 0);
+    assert_eq!(u32::from(d.interrupt_status().bits()), 0);
     // Queue 1 is unaffected.
     drv1.add_chain(&[(0x8000, 8, false)]);
     wr(&mut d, regs::QUEUE_NOTIFY, 1);
     assert_eq!(drv1.pop_used(), Some((0, 0)));
-    assert_eq!(d.interrupt_status(), INT_VRING);
+    assert_eq!(u32::from(d.interrupt_status().bits()), INT_VRING);
 }
 
 /// H19: reset with chains in flight; completions after reset are dropped and nothing is
@@ -592,8 +594,8 @@ fn reset_with_chains_in_flight_h19() {
     wr(&mut d, regs::STATUS, 0);
     assert_eq!(rd(&d, regs::STATUS), 0);
     mem.start_recording();
-    assert!(!d.poll());
-    assert!(!d.process_queue(0));
+    assert!(!d.poll().irq);
+    assert!(!d.process_queue(0).irq);
     assert!(mem.take_log().is_empty(), "no access after reset (STAT-04)");
     assert_eq!(drv.used_idx(), 0);
 }
@@ -620,10 +622,14 @@ fn remaining_registers_and_widths() {
     assert_eq!(rd(&d, regs::QUEUE_RESET), 0);
     // ConfigGeneration changes with the config (MMIO-R24, MMIO-07).
     let g = rd(&d, regs::CONFIG_GENERATION);
-    d.signal_config_change();
+    let out = d.signal_config_change();
+    assert!(
+        !out.irq && out.raised.is_empty(),
+        "no interrupt before DRIVER_OK"
+    );
     assert_ne!(rd(&d, regs::CONFIG_GENERATION), g);
     assert_eq!(
-        d.interrupt_status(),
+        u32::from(d.interrupt_status().bits()),
         0,
         "no config interrupt before DRIVER_OK"
     );
@@ -639,9 +645,9 @@ fn remaining_registers_and_widths() {
     assert_eq!(d.read(regs::MAGIC_VALUE, 2), 0);
     assert_eq!(d.read(regs::MAGIC_VALUE, 8), 0);
     assert_eq!(d.read(regs::MAGIC_VALUE + 1, 4), 0);
-    d.write(regs::STATUS, 1, 1);
-    d.write(regs::STATUS, 2, 1);
-    d.write(regs::STATUS + 2, 4, 1);
+    let _ = d.write(regs::STATUS, 1, 1);
+    let _ = d.write(regs::STATUS, 2, 1);
+    let _ = d.write(regs::STATUS + 2, 4, 1);
     assert_eq!(rd(&d, regs::STATUS), 0);
     // Config space (MMIO-23/24): 1, 2, 4 and 8 bytes at any offset, byte for byte, zero
     // past the end (every offset and width: `every_offset_and_width_issue15`).
@@ -664,12 +670,12 @@ fn remaining_registers_and_widths() {
     assert_eq!(d.read(u64::MAX - 3, 4), 0);
     assert_eq!(d.read(u64::MAX, 8), 0);
     // INIT-03: config writes before FEATURES_OK are ignored; after, passed through.
-    d.write(regs::CONFIG, 1, 0xAB);
+    let _ = d.write(regs::CONFIG, 1, 0xAB);
     assert!(d.device().config_writes.is_empty());
     assert_eq!(negotiate(&mut d, V1) & FEAT_OK, FEAT_OK);
-    d.write(regs::CONFIG + 4, 4, 0xFFFF_FFFF_0102_0304); // bytes above the width ignored
-    d.write(regs::CONFIG + 3, 8, 0x0807_0605_0403_0201);
-    d.write(regs::CONFIG + 3, 3, 0x0102_0304); // no such width: ignored
+    let _ = d.write(regs::CONFIG + 4, 4, 0xFFFF_FFFF_0102_0304); // bytes above the width ignored
+    let _ = d.write(regs::CONFIG + 3, 8, 0x0807_0605_0403_0201);
+    let _ = d.write(regs::CONFIG + 3, 3, 0x0102_0304); // no such width: ignored
     assert_eq!(
         d.device().config_writes,
         vec![(4, vec![4, 3, 2, 1]), (3, vec![1, 2, 3, 4, 5, 6, 7, 8])]
@@ -717,7 +723,7 @@ fn legacy_registers() {
     wr(&mut d, regs::QUEUE_NOTIFY, 0);
     assert_eq!(drv.pop_used(), Some((0, 0)));
     wr(&mut d, regs::STATUS, ACK_DRV | DRV_OK);
-    assert_eq!(d.negotiated_features(), 1);
+    assert_eq!(d.negotiated_features().bits(), 1);
     // A PFN in the hole is refused; writes while active are ignored.
     wr(&mut d, regs::QUEUE_SEL, 1);
     wr(&mut d, regs::QUEUE_NUM, 16);
@@ -817,7 +823,7 @@ fn deferred_driver_ok_reports_ready_queues_init07() {
     let mut kicks = vec![];
     d.take_kicks(|q| kicks.push(q));
     assert_eq!(kicks, vec![0]);
-    assert!(d.process_queue(0));
+    assert!(d.process_queue(0).irq);
     assert_eq!(drv.pop_used(), Some((0, 0)));
     let mut again = vec![];
     d.take_kicks(|q| again.push(q));
@@ -931,7 +937,7 @@ fn observe(d: &Dev<'_>) -> (Vec<u32>, u64, usize, usize, u32, usize) {
     let p = d.device();
     (
         regs,
-        d.negotiated_features(),
+        d.negotiated_features().bits(),
         p.notified.len(),
         p.config_writes.len(),
         p.resets,
@@ -981,7 +987,7 @@ fn every_offset_and_width_issue15() {
                 }
                 assert_eq!(v, 0, "{version:?} read {off:#x} width {width}");
                 for value in [0, u64::MAX, 0xF, 1] {
-                    d.write(off, width, value);
+                    let _ = d.write(off, width, value);
                 }
                 assert_eq!(
                     observe(&d),
@@ -992,7 +998,7 @@ fn every_offset_and_width_issue15() {
         }
         // The value's bytes above the width are ignored: the low 32 bits of this STATUS
         // write are 0, a reset (the upper half is not "a non-zero status").
-        d.write(regs::STATUS, 4, 0xFFFF_FFFF_0000_0000);
+        let _ = d.write(regs::STATUS, 4, 0xFFFF_FFFF_0000_0000);
         assert_eq!(rd(&d, regs::STATUS), 0, "{version:?}");
         // Device configuration: the image is CONFIG (8 bytes) followed by zeros.
         let image = |at: u64, n: u64| -> u64 {
@@ -1014,7 +1020,7 @@ fn every_offset_and_width_issue15() {
                     "{version:?} config {at:#x} width {width}"
                 );
                 let writes = d.device().config_writes.len();
-                d.write(regs::CONFIG + at, width, 0x0807_0605_0403_0201);
+                let _ = d.write(regs::CONFIG + at, width, 0x0807_0605_0403_0201);
                 let got = &d.device().config_writes[writes..];
                 if ok {
                     let bytes: Vec<u8> = (1..=width).collect();

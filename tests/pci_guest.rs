@@ -45,7 +45,7 @@ fn blk_over_pci_matrix() {
         let f = attach::<_, _, 1, 2>(BlkDevice::new(256, extra, 16), arena.guest_ram());
         let mut blk = VirtIOBlk::<GuestHal, _>::new(GuestPci::new(f.clone(), BASE, msix)).unwrap();
         assert_eq!(blk.capacity(), 256, "{what}: config space over PCI");
-        let negotiated = Features::from_bits_truncate(f.t.borrow().negotiated_features());
+        let negotiated = Features::from_bits_truncate(f.t.borrow().negotiated_features().bits());
         assert_eq!(
             negotiated & (Features::INDIRECT_DESC | Features::EVENT_IDX),
             extra,

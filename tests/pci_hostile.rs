@@ -226,8 +226,11 @@ fn check(f: &Shared<BlkDevice, GuestRam, 1, 2>) {
             "live without FEATURES_OK"
         );
     }
-    assert_eq!(t.negotiated_features() & !t.offered_features(), 0);
-    assert_eq!(t.isr() & !3, 0);
+    assert_eq!(
+        t.negotiated_features().bits() & !t.offered_features().bits(),
+        0
+    );
+    assert_eq!(t.isr().bits() & !3, 0);
     assert_eq!(
         t.msix_pending() & !0b11,
         0,

@@ -84,7 +84,11 @@ fn per_queue_and_config_vectors_pci14_pci15() {
         "{msi:?}"
     );
     assert!(!msi.contains(&msi_for(1)));
-    assert_eq!(r.f.t.borrow().isr(), 0, "no ISR queue bit with MSI-X");
+    assert_eq!(
+        r.f.t.borrow().isr().bits(),
+        0,
+        "no ISR queue bit with MSI-X"
+    );
     assert_eq!(r.f.irq.borrow().intx_edges, 0, "PCI-17: no INTx with MSI-X");
     // A configuration change: its vector, and ISR bit 1 (§4.1.4.5).
     r.f.with(|t| t.signal_config_change());
@@ -237,7 +241,7 @@ fn intx_isr_and_interrupt_disable_pci12_pci17() {
     assert_ne!(status & u64::from(layout::STATUS_INTERRUPT), 0);
     // Wrong widths neither read nor clear the ISR.
     assert_eq!(r.d.bus.mem_read(r.d.bar + r.d.isr.offset, 4), 0);
-    assert_eq!(r.f.t.borrow().isr(), 1);
+    assert_eq!(r.f.t.borrow().isr().bits(), 1);
     assert_eq!(r.d.read_isr(), 1);
     assert!(!r.f.irq.borrow().intx, "INTA# dropped by the read");
     assert_eq!(r.d.read_isr(), 0);

@@ -10,8 +10,10 @@ mod pci_driver;
 
 use pci_driver::{BAR_BASE, PciBus, PciDriver, Shared, attach};
 use virtq::transport::pci::{NO_VECTOR, PciEvents, PciIds, PciTransport, layout};
-use virtq::transport::{QueueSetupError, VirtioDevice, config_read};
-use virtq::{Completion, Features, GuestMemory, Queue};
+use virtq::transport::{
+    DeviceId, NotifyReport, QueueSetupError, Queues, VirtioDevice, config_read,
+};
+use virtq::{Completion, Features, GuestMemory};
 use virtq_testkit::{SplitDriver, TestMemory};
 
 use layout::common as cc;
@@ -29,11 +31,11 @@ struct Probe {
 const CONFIG: [u8; 8] = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
 
 impl VirtioDevice for Probe {
-    fn device_id(&self) -> u32 {
-        2
+    fn device_id(&self) -> DeviceId {
+        DeviceId::BLOCK
     }
-    fn device_features(&self) -> u64 {
-        self.features
+    fn device_features(&self) -> Features {
+        Features::from_bits_retain(self.features)
     }
     fn queue_max_size(&self, index: u16) -> u16 {
         if index < 2 { 256 } else { 0 }
@@ -50,13 +52,15 @@ impl VirtioDevice for Probe {
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
-        queues: &mut [Queue],
+        mut queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
+    ) -> NotifyReport {
         self.notified.push(index);
-        queues[usize::from(index)]
+        queues
+            .get(index)
+            .unwrap()
             .drain(mem, 64, |_| Completion::Used(0))
-            .is_ok_and(|r| r.notify)
+            .into()
     }
 }
 
@@ -468,8 +472,8 @@ fn observe(f: &F<'_>) -> Vec<u64> {
         v.push(t.bar_read(0, off, 8).value);
     }
     v.push(t.bar_read(0, 0x5000, 8).value);
-    v.push(u64::from(t.isr()));
-    v.push(t.negotiated_features());
+    v.push(u64::from(t.isr().bits()));
+    v.push(t.negotiated_features().bits());
     let p = t.device();
     v.extend(
         [
@@ -659,7 +663,7 @@ fn device_config_and_generation_pci07() {
         last = g;
     }
     // No configuration interrupt before DRIVER_OK.
-    assert_eq!(f.t.borrow().isr(), 0);
+    assert_eq!(f.t.borrow().isr().bits(), 0);
 }
 
 /// PCI-20 (§4.1.5.2, §4.1.4.4): a 16-bit write of the queue index at the queue's notify
@@ -746,10 +750,10 @@ fn pci_cfg_window_pci13() {
     drv.add_chain(&[(0x8000, 16, false)]);
     d.window_write(layout::NOTIFY_OFFSET, 2, 0);
     assert_eq!(drv.pop_used(), Some((0, 0)));
-    assert_eq!(f.t.borrow().isr(), 1);
+    assert_eq!(f.t.borrow().isr().bits(), 1);
     assert!(f.irq.borrow().intx);
     assert_eq!(d.window_read(layout::ISR_OFFSET, 1), 1);
-    assert_eq!(f.t.borrow().isr(), 0);
+    assert_eq!(f.t.borrow().isr().bits(), 0);
     assert!(!f.irq.borrow().intx, "INTA# dropped by the read");
     // Invalid windows: another BAR, a length that is not 1/2/4, misaligned, past the BAR.
     let cap = d.pci_cfg.cap;

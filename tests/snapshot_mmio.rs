@@ -71,7 +71,7 @@ impl RestoringBus {
         let mut again = vec![0u8; fresh.state_len()];
         let m = fresh.save_into(&mut again).unwrap();
         assert_eq!(&again[..m], &state[..n], "restore is exact");
-        let level = fresh.resume();
+        let level = fresh.resume().irq;
         self.irq.set(level);
         *old = fresh;
         self.restores.set(self.restores.get() + 1);
@@ -85,7 +85,7 @@ impl RestoringBus {
             t.take_kicks(|q| kicked.push(q));
             let mut level = t.interrupt_asserted();
             for q in kicked {
-                level = t.process_queue(q);
+                level = t.process_queue(q).irq;
             }
             level
         };
@@ -102,7 +102,7 @@ impl MmioBus for RestoringBus {
         v
     }
     fn write(&self, offset: u64, width: u8, value: u32) {
-        let level = self.t.borrow_mut().write(offset, width, value.into());
+        let level = self.t.borrow_mut().write(offset, width, value.into()).irq;
         self.irq.set(level);
         self.cycle();
     }
@@ -247,7 +247,7 @@ mod packed {
             fresh
                 .restore(&state[..n])
                 .unwrap_or_else(|e| panic!("restore {}: {e:?}", self.restores.get()));
-            let level = fresh.resume();
+            let level = fresh.resume().irq;
             self.irq.set(level);
             *old = fresh;
             self.restores.set(self.restores.get() + 1);
@@ -258,7 +258,7 @@ mod packed {
             v
         }
         fn write(&self, off: u64, v: u64) {
-            let level = self.t.borrow_mut().write(off, 4, v);
+            let level = self.t.borrow_mut().write(off, 4, v).irq;
             self.irq.set(level);
             self.cycle();
         }
@@ -268,10 +268,11 @@ mod packed {
                 let mut t = self.t.borrow_mut();
                 let mut kicked = Vec::new();
                 t.take_kicks(|q| kicked.push(q));
+                let mut level = t.interrupt_asserted();
                 for q in kicked {
-                    t.process_queue(q);
+                    level = t.process_queue(q).irq;
                 }
-                self.irq.set(t.interrupt_asserted());
+                self.irq.set(level);
             }
             self.cycle();
             self.irq.get()

@@ -20,7 +20,7 @@
 use libfuzzer_sys::fuzz_target;
 use virtq::Features;
 use virtq::transport::mmio::{MAGIC, regs};
-use virtq::transport::{MmioTransport, MmioVersion, NotifyMode};
+use virtq::transport::{Events, MmioOutcome, MmioTransport, MmioVersion, NotifyMode};
 use virtq::wire::DeviceStatus;
 use virtq::wire::split_layout as layout;
 use virtq_fuzz::{AVAIL, DESC, IMAGE_AT, MmioInput, MmioOp, USED, in_ram, new_memory};
@@ -38,15 +38,15 @@ fn snapshot(t: &T<'_>) -> (DeviceStatus, u32, u64, [(bool, u16, u16); 2]) {
     };
     (
         t.status(),
-        t.interrupt_status(),
-        t.negotiated_features(),
+        u32::from(t.interrupt_status().bits()),
+        t.negotiated_features().bits(),
         [q(0), q(1)],
     )
 }
 
 fn init(t: &mut T<'_>, features: u32) {
     let w = |t: &mut T<'_>, off: u64, v: u32| {
-        t.write(off, 4, v.into());
+        let _ = t.write(off, 4, v.into());
     };
     w(t, regs::STATUS, 0);
     w(t, regs::STATUS, 1);
@@ -103,8 +103,27 @@ fn check_writes(log: &[Access], allowed: &[(u64, u64)]) {
     }
 }
 
+/// An outcome agrees with the transport's state (issue 15: events without polling).
+fn check_outcome(t: &T<'_>, out: &MmioOutcome, status_before: DeviceStatus) {
+    assert_eq!(out.irq, t.interrupt_asserted());
+    assert!(t.interrupt_status().contains(out.raised), "raised bits are set");
+    assert!(!out.events.contains(Events::BAR_CHANGED));
+    let nr = DeviceStatus::DEVICE_NEEDS_RESET;
+    assert_eq!(
+        out.events.contains(Events::NEEDS_RESET),
+        t.status().contains(nr) && !status_before.contains(nr),
+        "NEEDS_RESET event iff newly raised"
+    );
+    if out.events.contains(Events::QUEUE_REFUSED) {
+        assert!(
+            (0..3).any(|i| t.queue_setup_error(i).is_some()),
+            "a refused queue has a reason"
+        );
+    }
+}
+
 fn check_state(t: &T<'_>, mem: &TestMemory, ran_device: bool) {
-    assert_eq!(t.interrupt_asserted(), t.interrupt_status() != 0);
+    assert_eq!(t.interrupt_asserted(), !t.interrupt_status().is_empty());
     for i in 0..2 {
         let Some(q) = t.queue(i) else { continue };
         if q.ready {
@@ -148,8 +167,8 @@ fn run(data: &[u8]) {
                 // The input carries 32 bits; the upper half (reached by 8-byte accesses) is
                 // derived from them.
                 let value = u64::from(*value) | (u64::from(value.rotate_left(13)) << 32);
-                let level = t.write(off, width, value);
-                assert_eq!(level, t.interrupt_asserted());
+                let out = t.write(off, width, value);
+                check_outcome(&t, &out, before.0);
                 if off < regs::CONFIG && (width != 4 || off % 4 != 0) {
                     assert_eq!(snapshot(&t), before, "ignored access changed state");
                 }
@@ -183,19 +202,22 @@ fn run(data: &[u8]) {
                 assert_eq!(snapshot(&t), before, "a read changed state");
             }
             MmioOp::Process(i) => {
-                let level = t.process_queue(u16::from(*i % 3));
-                assert_eq!(level, t.interrupt_asserted());
+                let out = t.process_queue(u16::from(*i % 3));
+                check_outcome(&t, &out, before.0);
                 ran = true;
             }
             MmioOp::Poll => {
-                assert_eq!(t.poll(), t.interrupt_asserted());
+                let out = t.poll();
+                check_outcome(&t, &out, before.0);
                 ran = true;
             }
             MmioOp::TakeKicks => {
                 let mut kicked = Vec::new();
                 t.take_kicks(|i| kicked.push(i));
                 for i in kicked {
-                    t.process_queue(i);
+                    let status = t.status();
+                    let out = t.process_queue(i);
+                    check_outcome(&t, &out, status);
                 }
                 ran = true;
             }

@@ -455,8 +455,9 @@ pub struct PackedQueue {
 }
 
 impl PackedQueue {
-    /// A queue that accepts up to `max_size` descriptors (clamped to 32768). `size` starts at
-    /// `max_size`; everything else is zero, both wrap counters are 1 and the queue is not ready.
+    /// A queue that accepts up to `max_size` descriptors (clamped to 32768;
+    /// [`try_new`](Self::try_new) refuses such a value instead). `size` starts at `max_size`;
+    /// everything else is zero, both wrap counters are 1 and the queue is not ready.
     pub const fn new(max_size: u16) -> Self {
         let max = if max_size > MAX_QUEUE_SIZE {
             MAX_QUEUE_SIZE
@@ -496,8 +497,8 @@ impl PackedQueue {
     /// Set the queue size as the driver requests it (`QueueNum`), clamped to `max_size`. Any
     /// value is allowed (no power-of-two rule, PACKED-02); 0 stays 0 and is never valid.
     ///
-    /// A transport that must *refuse* an invalid size instead (§4.2.2.2) checks the requested
-    /// value itself before calling this.
+    /// To *refuse* an invalid size instead (§4.2.2.2), use
+    /// [`try_set_size`](Self::try_set_size).
     pub fn set_size(&mut self, requested: u16) {
         self.size = requested.min(self.max_size);
     }
@@ -1288,6 +1289,40 @@ impl<M: GuestMemory + ?Sized, const N: usize> DrainRing<M, PackedChain<N>> for P
     }
     fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.needs_notification(mem)
+    }
+}
+
+/// Sizes that are refused instead of clamped.
+impl PackedQueue {
+    /// A queue that accepts up to `max_size` descriptors, refusing a maximum that
+    /// [`new`](Self::new) would change: 0 or above 32768 (§2.8, PACKED-02, PACKED-03). Any
+    /// other value is kept as is (no power-of-two rule).
+    pub const fn try_new(max_size: u16) -> Result<Self, crate::error::SizeError> {
+        match check_packed_size(max_size, MAX_QUEUE_SIZE) {
+            Ok(()) => Ok(Self::new(max_size)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set the queue size as the driver requests it (`QueueNum`), refusing instead of clamping
+    /// what [`set_size`](Self::set_size) would change: 0 or above `max_size` (§4.2.2.2,
+    /// PACKED-02, PACKED-03). On error the size is unchanged.
+    pub fn try_set_size(&mut self, requested: u16) -> Result<(), crate::error::SizeError> {
+        check_packed_size(requested, self.max_size)?;
+        self.size = requested;
+        Ok(())
+    }
+}
+
+/// A packed-ring size: 1 to `max`.
+const fn check_packed_size(size: u16, max: u16) -> Result<(), crate::error::SizeError> {
+    use crate::error::SizeError;
+    if size == 0 {
+        Err(SizeError::Zero)
+    } else if size > max {
+        Err(SizeError::TooLarge { size, max })
+    } else {
+        Ok(())
     }
 }
 

@@ -161,8 +161,9 @@ const fn floor_pow2(v: u16) -> u16 {
 }
 
 impl Queue {
-    /// A queue that accepts up to `max_size` descriptors (clamped to a power of two ≤ 32768).
-    /// `size` starts at `max_size`; everything else is zero and the queue is not ready.
+    /// A queue that accepts up to `max_size` descriptors (clamped to 32768 and rounded down to a
+    /// power of two; [`try_new`](Self::try_new) refuses such a value instead). `size` starts at
+    /// `max_size`; everything else is zero and the queue is not ready.
     pub const fn new(max_size: u16) -> Self {
         let max = floor_pow2(if max_size > MAX_QUEUE_SIZE {
             MAX_QUEUE_SIZE
@@ -196,8 +197,8 @@ impl Queue {
     /// Set the queue size as the driver requests it (`QueueNum`), clamped to `max_size` and
     /// rounded down to a power of two (0 stays 0, and a queue of size 0 is never valid).
     ///
-    /// A transport that must *refuse* an invalid size instead (§4.2.2.2) checks the requested
-    /// value itself before calling this.
+    /// To *refuse* an invalid size instead (§4.2.2.2), use
+    /// [`try_set_size`](Self::try_set_size).
     pub fn set_size(&mut self, requested: u16) {
         self.size = floor_pow2(requested.min(self.max_size));
     }
@@ -759,6 +760,41 @@ impl<M: GuestMemory + ?Sized> DrainRing<M, DescriptorChain> for Queue {
     }
     fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.needs_notification(mem)
+    }
+}
+
+/// Sizes that are refused instead of rounded.
+impl Queue {
+    /// A queue that accepts up to `max_size` descriptors, refusing a maximum that
+    /// [`new`](Self::new) would change: 0, above 32768, or not a power of two (§2.7, SPLIT-01).
+    pub const fn try_new(max_size: u16) -> Result<Self, crate::error::SizeError> {
+        match check_split_size(max_size, MAX_QUEUE_SIZE) {
+            Ok(()) => Ok(Self::new(max_size)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set the queue size as the driver requests it (`QueueNum`), refusing instead of rounding
+    /// what [`set_size`](Self::set_size) would change: 0, above `max_size`, or not a power of
+    /// two (§4.2.2.2, SPLIT-01). On error the size is unchanged.
+    pub fn try_set_size(&mut self, requested: u16) -> Result<(), crate::error::SizeError> {
+        check_split_size(requested, self.max_size)?;
+        self.size = requested;
+        Ok(())
+    }
+}
+
+/// A split-ring size: 1 to `max`, a power of two.
+const fn check_split_size(size: u16, max: u16) -> Result<(), crate::error::SizeError> {
+    use crate::error::SizeError;
+    if size == 0 {
+        Err(SizeError::Zero)
+    } else if size > max {
+        Err(SizeError::TooLarge { size, max })
+    } else if !size.is_power_of_two() {
+        Err(SizeError::NotPowerOfTwo { size })
+    } else {
+        Ok(())
     }
 }
 

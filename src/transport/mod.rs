@@ -11,12 +11,124 @@
 //!   [`MmioTransport::read`] / [`MmioTransport::write`];
 //! * virtio-pci ([`pci`], §4.1, modern interface), a PCI function: configuration-space
 //!   accesses go to [`PciTransport::config_read`] / [`PciTransport::config_write`], BAR
-//!   accesses to [`PciTransport::bar_read`] / [`PciTransport::bar_write`], and each returns a
-//!   [`PciOutcome`] naming the MSI-X vectors to send and the INTx level.
+//!   accesses to [`PciTransport::bar_read`] / [`PciTransport::bar_write`].
 //!
 //! Accesses are 1, 2, 4 or 8 bytes wide with the value in a `u64`, as a trap delivers them;
 //! each transport answers the widths its specification allows and reads 0 / ignores the
-//! rest.
+//! rest. Every access that can change something returns an outcome the hypervisor must act
+//! on ([`MmioOutcome`], [`PciOutcome`], both `#[must_use]`): the interrupt line level, the
+//! interrupts raised, and [`Events`] (a queue refused at enable, DEVICE_NEEDS_RESET newly
+//! raised, a device reset, queue work waiting), so nothing has to be polled.
+//!
+//! # A device model
+//!
+//! A device implements [`VirtioDevice`]: its type, features, queue sizes, configuration space
+//! and one notification handler that serves split and packed rings alike through [`Queues`],
+//! [`AnyQueue`] and [`AnyChain`]. Here is a complete virtio entropy device (§5.4): one request
+//! queue whose device-writable buffers it fills with random bytes.
+//!
+//! ```
+//! use virtq::transport::mmio::{MmioVersion, regs};
+//! use virtq::transport::{
+//!     AnyChain, DeviceId, MmioTransport, NotifyReport, Queues, VirtioDevice,
+//! };
+//! use virtq::{Completion, Features, GuestMemory};
+//!
+//! /// virtio-entropy: fills each buffer the driver posts with up to 256 random bytes.
+//! struct Entropy {
+//!     /// xorshift64 state (a stand-in for the platform's entropy source).
+//!     state: u64,
+//! }
+//!
+//! impl Entropy {
+//!     /// At most this many bytes per request: a bound the device owns, whatever buffer
+//!     /// size the guest claims (the spec lets the device write fewer bytes than offered).
+//!     const MAX_BYTES: usize = 256;
+//!
+//!     /// Serve one chain; the used length is exactly what was written.
+//!     fn fill<M: GuestMemory + ?Sized>(&mut self, chain: &AnyChain, mem: &M) -> Completion {
+//!         let mut w = chain.writer(mem);
+//!         for _ in 0..Self::MAX_BYTES / 8 {
+//!             self.state ^= self.state << 13;
+//!             self.state ^= self.state >> 7;
+//!             self.state ^= self.state << 17;
+//!             match w.write(&self.state.to_le_bytes()) {
+//!                 Ok(0) => break, // the writable part is full
+//!                 Ok(_) => {}
+//!                 // A malformed chain: complete it with length 0, the queue keeps running.
+//!                 Err(_) => return Completion::Used(0),
+//!             }
+//!         }
+//!         Completion::Used(w.bytes_written())
+//!     }
+//! }
+//!
+//! impl VirtioDevice for Entropy {
+//!     // Serve packed rings too: the one handler below does both.
+//!     const PACKED_RING: bool = true;
+//!
+//!     fn device_id(&self) -> DeviceId {
+//!         DeviceId::ENTROPY
+//!     }
+//!
+//!     fn device_features(&self) -> Features {
+//!         Features::INDIRECT_DESC | Features::EVENT_IDX | Features::RING_PACKED
+//!     }
+//!
+//!     fn queue_max_size(&self, index: u16) -> u16 {
+//!         if index == 0 { 64 } else { 0 } // one queue, "requestq"
+//!     }
+//!
+//!     fn read_config(&self, _offset: u32, _data: &mut [u8]) {
+//!         // No device configuration: every byte reads as zero.
+//!     }
+//!
+//!     fn queue_notify<M: GuestMemory + ?Sized>(
+//!         &mut self,
+//!         index: u16,
+//!         mut queues: Queues<'_>,
+//!         mem: &M,
+//!     ) -> NotifyReport {
+//!         let Some(mut q) = queues.get(index) else {
+//!             return NotifyReport::IDLE;
+//!         };
+//!         // At most 32 chains per call; if more are waiting the report says `more` and the
+//!         // hypervisor calls `process_queue` again, from wherever it likes.
+//!         q.drain(mem, 32, |chain| self.fill(chain, mem)).into()
+//!     }
+//! }
+//!
+//! // The hypervisor: the device behind a virtio-mmio window, over its guest RAM accessor.
+//! let ram = virtq::memory::RegionTable::<1>::new();
+//! let mut dev = MmioTransport::<_, _, 1>::new(Entropy { state: 0x2545_F491 }, &ram, MmioVersion::V2);
+//! assert_eq!(dev.read(regs::DEVICE_ID, 4), 4);
+//! // In the trap handler for a store: forward it, then act on the outcome.
+//! let out = dev.write(regs::STATUS, 4, 1); // ACKNOWLEDGE
+//! assert!(!out.irq && out.events.is_empty());
+//! # // The same device driven by a guest-side model of the split ring.
+//! # use virtq_testkit::{SplitDriver, TestMemory};
+//! # let mem = TestMemory::m0();
+//! # let mut drv = SplitDriver::standard(&mem, 16);
+//! # let mut dev = MmioTransport::<_, _, 1>::new(Entropy { state: 1 }, &mem, MmioVersion::V2);
+//! # for (reg, v) in [(regs::STATUS, 3), (regs::DRIVER_FEATURES_SEL, 1), (regs::DRIVER_FEATURES, 1),
+//! #     (regs::STATUS, 11), (regs::QUEUE_NUM, 16), (regs::QUEUE_DESC_LOW, drv.desc),
+//! #     (regs::QUEUE_DRIVER_LOW, drv.avail), (regs::QUEUE_DEVICE_LOW, drv.used),
+//! #     (regs::QUEUE_READY, 1), (regs::STATUS, 15)] {
+//! #     let _ = dev.write(reg, 4, v);
+//! # }
+//! # drv.add_chain(&[(0x8_0000, 100, true)]).unwrap();
+//! # drv.add_chain(&[(0x9_0000, 1000, true)]).unwrap();
+//! # let out = dev.write(regs::QUEUE_NOTIFY, 4, 0);
+//! # assert!(out.irq);
+//! # assert_eq!(drv.pop_used().map(|(_, len)| len), Some(100));
+//! # assert_eq!(drv.pop_used().map(|(_, len)| len), Some(256));
+//! ```
+//!
+//! `Queues` is [`Queues::Split`] until the driver negotiates `VIRTIO_F_RING_PACKED`, then
+//! [`Queues::Packed`]; an [`AnyQueue`] has the methods of both queue types (pop, complete,
+//! publish, the notification protocol, the drain loop) and an [`AnyChain`] walks, reads and
+//! writes the same way whichever ring it came from. A device that must keep chains (posted
+//! receive buffers) stores `AnyChain`s and completes them later with [`AnyQueue::add_used`].
 //!
 //! # In a trap handler
 //!
@@ -24,18 +136,58 @@
 //! allocates, never blocks, takes no lock and never panics on guest input. A hypervisor may
 //! therefore call the transports directly from its VM-exit or stage-2 fault handler, with
 //! interrupts masked if it likes. What runs inside is the register decode plus, for a queue
-//! notification in [`NotifyMode::Inline`], the device model's handler; choose
+//! notification in [`NotifyMode::Inline`], the device model's handler, which must keep the
+//! same rules (the example devices of `virtq-testkit` allocate nothing there); choose
 //! [`NotifyMode::Deferred`] to keep the queue work out of the trap.
+//!
+//! The work of one access is bounded by the device's budget, not by the guest: a handler
+//! that used up its budget reports [`NotifyReport::more`], and the transport records the
+//! queue as pending ([`Events::KICKS`] in the outcome, the queue in `take_kicks`) instead of
+//! calling the handler again. The hypervisor then calls `process_queue` for it later, as it
+//! does for deferred kicks.
+//!
+//! # Interrupt lines: levels and edges
+//!
+//! The transports report interrupt lines as levels: the virtio-mmio line is asserted while
+//! `InterruptStatus` is non-zero (MMIO-03), INTA# while the ISR is non-zero and MSI-X is off
+//! (§4.1.4.5). A hypervisor with a **level-triggered** line sets it to the outcome's level
+//! ([`MmioOutcome::irq`], [`PciOutcome::intx`]) after every access and is done: the
+//! interrupt controller re-delivers while the level stays high.
+//!
+//! With an **edge-triggered** line (an edge-configured interrupt, an "inject interrupt" call
+//! or an eventfd) the level is not enough. A notification raised while the level is already
+//! high changes nothing: no new edge. That happens whenever the device completes more work
+//! before the driver acknowledged the last interrupt, and it loses an interrupt when the
+//! driver acknowledges only the bits it saw: for example, the driver's handler reads
+//! `InterruptStatus` = used buffer, a configuration change arrives (no edge: the line is
+//! high), the handler acknowledges the used-buffer bit and returns, and the line stays high
+//! with nothing left to trigger it. So with an edge-triggered line:
+//!
+//! * send an edge for every outcome whose [`MmioOutcome::raised`] is not empty (each
+//!   notification the device raised during the access, whether or not the line was already
+//!   high); an extra interrupt is harmless, the driver reads `InterruptStatus` and finds
+//!   nothing new;
+//! * after [`MmioTransport::resume`] (a restored state may hold a pending interrupt), send an
+//!   edge if the level is high.
+//!
+//! `tests/mmio_irq.rs` shows both cases. For PCI, INTx is level-sensitive by definition and
+//! each MSI-X message ([`PciOutcome::msix`]) is one edge already.
 
 mod core;
+mod device;
+mod ring;
 
 pub use self::core::state::{CoreFields, QueueRegsFields};
 pub mod mmio;
 pub mod pci;
 
 pub use self::core::QueueSetupError;
-pub use mmio::{MmioTransport, MmioVersion};
+pub use device::{DeviceId, NotifyReport, VirtioDevice};
+pub use mmio::{MmioOutcome, MmioTransport, MmioVersion};
 pub use pci::{PciOutcome, PciTransport};
+pub use ring::{AnyChain, AnyQueue, Queues};
+
+use bitflags::bitflags;
 
 /// When an available-buffer notification runs the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -51,121 +203,47 @@ pub enum NotifyMode {
     Deferred,
 }
 
-use crate::memory::GuestMemory;
-use crate::packed::PackedQueue;
-use crate::split::Queue;
-
-/// A device model served by a transport (VIRTIO 1.4 §2, §5).
-///
-/// The transport handles everything device-independent (status, feature negotiation, queue
-/// setup and validation, interrupts); the device supplies its identity, its features, its
-/// configuration space and what to do when a queue is notified.
-pub trait VirtioDevice {
-    /// The virtio device type (§5: 1 = network, 2 = block, 3 = console, ...). 0 marks an empty
-    /// slot that drivers ignore.
-    #[doc(alias = "DeviceID")]
-    fn device_id(&self) -> u32;
-
-    /// Subsystem vendor ID shown in the virtio-mmio `VendorID` register (§4.2.2). Any value.
-    /// (A PCI function shows [`pci::PciIds`] instead.)
-    #[doc(alias = "VendorID")]
-    fn vendor_id(&self) -> u32 {
-        0
+bitflags! {
+    /// Things besides interrupts the hypervisor may have to act on after an access, on either
+    /// transport ([`MmioOutcome::events`], [`PciOutcome::events`]).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct Events: u8 {
+        /// PCI only: BAR 0 moved or Memory Space decoding was switched: read
+        /// [`PciTransport::bar_address`] and move the BAR trap.
+        const BAR_CHANGED = 1;
+        /// The device entered DEVICE_NEEDS_RESET during the access (a queue was refused or
+        /// broke, §2.1.2); `queue_setup_error` and the queues' errors say why.
+        const NEEDS_RESET = 1 << 1;
+        /// The driver reset the device (device status 0, §2.4): the device model was reset,
+        /// every queue is back at power-on.
+        const DEVICE_RESET = 1 << 2;
+        /// Queue work waits: kicks recorded in [`NotifyMode::Deferred`], or a device whose
+        /// budget ran out ([`NotifyReport::more`]). Call `take_kicks` and run `process_queue`
+        /// for each queue it names, when convenient (never required inside the trap).
+        const KICKS = 1 << 3;
+        /// The driver enabled a queue and the transport refused it (H9, MMIO-16, §4.1.4.3:
+        /// size, alignment, rings outside RAM, overlap, or enabled before FEATURES_OK);
+        /// `queue_setup_error` says why. The device also raises DEVICE_NEEDS_RESET.
+        const QUEUE_REFUSED = 1 << 4;
     }
+}
 
-    /// Whether this device type serves packed rings (§2.8) through
-    /// [`queue_notify_packed`](Self::queue_notify_packed). Only then does the transport offer
-    /// `VIRTIO_F_RING_PACKED`, and only when [`device_features`](Self::device_features) lists
-    /// it too. A constant, so that a split-only device's transport compiles without the packed
-    /// ring's code (about 2 KiB of `.text` on thumbv7em).
-    const PACKED_RING: bool = false;
-
-    /// Feature bits the device supports: its device-specific bits plus the device-independent
-    /// ones it can honour (for example [`Features::INDIRECT_DESC`](crate::Features),
-    /// `EVENT_IDX`, and `RING_PACKED` with [`PACKED_RING`](Self::PACKED_RING)). The transport
-    /// adds `VERSION_1` where the transport requires it and removes every bit the transport
-    /// cannot carry (§2.2.2, FEAT-06, MMIO-31).
-    #[doc(alias = "DeviceFeatures")]
-    fn device_features(&self) -> u64;
-
-    /// Extra checks on the set the driver accepted, for example feature prerequisites
-    /// (§2.2.2). Called at FEATURES_OK after the transport checked that `accepted` is a subset
-    /// of what was offered. Returning `false` refuses FEATURES_OK (FEAT-05).
-    fn validate_features(&self, accepted: u64) -> bool {
-        let _ = accepted;
-        true
-    }
-
-    /// Largest size of queue `index` (`QueueNumMax`, PCI `queue_size` at reset), or 0 if the
-    /// queue does not exist. Asked once, when the transport is built, and clamped to 32768.
-    /// A split ring's size must be a power of two (§2.7), so until the driver negotiates
-    /// `VIRTIO_F_RING_PACKED` the transport shows this rounded down to a power of two; a
-    /// packed ring may have any size up to it (§2.8), so with RING_PACKED it is shown as is.
-    #[doc(alias = "QueueNumMax")]
-    fn queue_max_size(&self, index: u16) -> u16;
-
-    /// Read `data.len()` (1, 2, 4 or 8) bytes of device-specific configuration at `offset`
-    /// (§2.5, little-endian), at any alignment. `data` arrives zeroed; leave bytes past the
-    /// end of the configuration untouched (they read as zero). [`config_read`] does this for
-    /// a byte image.
-    fn read_config(&self, offset: u32, data: &mut [u8]);
-
-    /// Write `data.len()` (1, 2, 4 or 8) bytes of device-specific configuration at `offset`
-    /// (§2.5, little-endian), at any alignment. Ignore what is read-only or out of range.
-    fn write_config(&mut self, offset: u32, data: &[u8]) {
-        let _ = (offset, data);
-    }
-
-    /// The driver set DRIVER_OK: the device is live with `negotiated` features (§3.1.1).
-    fn activate(&mut self, negotiated: u64) {
-        let _ = negotiated;
-    }
-
-    /// Device reset (§2.4): drop all device state, including chains kept for later. The
-    /// transport resets the queues itself.
-    fn reset(&mut self) {}
-
-    /// Queue `index` alone was stopped or reset: `QueueReset` (§2.6.1, RING_RESET),
-    /// `QueueReady = 0`, or legacy `QueuePFN = 0`. Drop every chain kept from that queue: its
-    /// heads may be reused by the driver after the queue is enabled again (H19).
-    fn queue_reset(&mut self, index: u16) {
-        let _ = index;
-    }
-
-    /// Queue `index` was notified (or is being polled): process what the driver made
-    /// available. `queues` is every queue of the device (a device such as a network loopback
-    /// may complete chains on another queue); only ready, unbroken queues should be touched,
-    /// and every `Queue` method refuses the others in O(1).
-    ///
-    /// Return `true` if a used-buffer notification is due, typically
-    /// [`DrainReport::notify`](crate::DrainReport) from [`Queue::drain`]. After the handler
-    /// returns, the transport also asks every live queue
-    /// [`Queue::needs_notification`], and turns a queue that became broken into
-    /// DEVICE_NEEDS_RESET. A transport with per-queue interrupts (PCI with MSI-X) sends the
-    /// `true` to every queue whose used ring the handler moved (to queue `index` if it moved
-    /// none).
-    fn queue_notify<M: GuestMemory + ?Sized>(
-        &mut self,
-        index: u16,
-        queues: &mut [Queue],
-        mem: &M,
-    ) -> bool;
-
-    /// Queue `index` was notified (or is being polled) and the driver negotiated
-    /// `VIRTIO_F_RING_PACKED` (§2.8): as [`queue_notify`](Self::queue_notify), with the
-    /// device's queues in the packed format, typically drained with
-    /// [`PackedQueue::drain`].
-    ///
-    /// Called only for a device with [`PACKED_RING`](Self::PACKED_RING) set; a device that
-    /// serves only split rings keeps this default, which does nothing.
-    fn queue_notify_packed<M: GuestMemory + ?Sized>(
-        &mut self,
-        index: u16,
-        queues: &mut [PackedQueue],
-        mem: &M,
-    ) -> bool {
-        let _ = (index, queues, mem);
-        false
+bitflags! {
+    /// The interrupt status of a device: virtio-mmio `InterruptStatus` (§4.2.2) and the PCI
+    /// ISR status (§4.1.4.5) share the two defined bits.
+    #[doc(alias = "isr_status")]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct InterruptStatus: u8 {
+        /// A used-buffer notification (MMIO "Used Buffer Notification", PCI "Queue
+        /// Interrupt"): some queue has used buffers the driver was not told about.
+        #[doc(alias = "VIRTIO_MMIO_INT_VRING")]
+        #[doc(alias = "VIRTIO_PCI_ISR_QUEUE")]
+        const USED_BUFFER = 1;
+        /// A configuration change notification (also how DEVICE_NEEDS_RESET is announced,
+        /// §2.1.2).
+        #[doc(alias = "VIRTIO_MMIO_INT_CONFIG")]
+        #[doc(alias = "VIRTIO_PCI_ISR_CONFIG")]
+        const CONFIG_CHANGE = 2;
     }
 }
 

@@ -9,19 +9,20 @@ use common::{cfg, halt};
 use core::ptr::NonNull;
 
 use virtq::memory::HostRegion;
-use virtq::transport::{MmioTransport, MmioVersion, VirtioDevice};
-use virtq::{GuestAddress, GuestMemory, Queue};
+use virtq::transport::VirtioDevice;
+use virtq::transport::{AnyChain, DeviceId, MmioTransport, MmioVersion, NotifyReport, Queues};
+use virtq::{Features, GuestAddress, GuestMemory};
 
 /// A device with one queue that sets the first writable byte of each chain.
 #[derive(Debug)]
 struct Device;
 
 impl VirtioDevice for Device {
-    fn device_id(&self) -> u32 {
-        2
+    fn device_id(&self) -> DeviceId {
+        DeviceId::BLOCK
     }
-    fn device_features(&self) -> u64 {
-        (1 << 32) | (1 << 28) | (1 << 29)
+    fn device_features(&self) -> Features {
+        Features::VERSION_1 | Features::INDIRECT_DESC | Features::EVENT_IDX
     }
     fn queue_max_size(&self, index: u16) -> u16 {
         if index == 0 { 256 } else { 0 }
@@ -32,13 +33,15 @@ impl VirtioDevice for Device {
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         _index: u16,
-        queues: &mut [Queue],
+        mut queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
-        let Some(q) = queues.first_mut() else {
-            return false;
+    ) -> NotifyReport {
+        let Some(mut q) = queues.get(0) else {
+            return NotifyReport::IDLE;
         };
-        while let Ok(Some(chain)) = q.pop_avail(mem) {
+        // A split-only device: packed chain storage for one buffer is never used.
+        let mut chain = AnyChain::<1>::EMPTY;
+        while let Ok(true) = q.pop_avail_into(mem, &mut chain) {
             let mut written = 0u32;
             for d in chain.iter(mem) {
                 match d {
@@ -52,11 +55,14 @@ impl VirtioDevice for Device {
                     }
                 }
             }
-            if q.add_used(mem, chain.head_index(), written).is_err() {
+            if q.add_used(mem, &chain, written).is_err() {
                 break;
             }
         }
-        q.publish_used(mem).is_ok_and(|n| n != 0)
+        NotifyReport {
+            notify: q.publish_used(mem).is_ok_and(|n| n != 0),
+            more: false,
+        }
     }
 }
 
@@ -75,7 +81,7 @@ pub extern "C" fn _start() -> ! {
         // A trapped access: offset, direction, value (a stand-in for the hypervisor's decoder).
         let (offset, is_write, value) = (u64::from(cfg(8)), cfg(9) != 0, u64::from(cfg(10)));
         let irq = if is_write {
-            t.write(offset, 4, value)
+            t.write(offset, 4, value).irq
         } else {
             // SAFETY: linked, never run.
             unsafe { core::ptr::write_volatile(0x2000_0044 as *mut u64, t.read(offset, 4)) };

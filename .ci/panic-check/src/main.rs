@@ -20,7 +20,10 @@ use virtq::io::{ChainReader, ChainWriter, IoError, Reader, Writer, split_descrip
 use virtq::memory::{GuestMemoryExt, HostRegion, RegionTable};
 use virtq::notify::need_event;
 use virtq::packed::{PackedChain, PackedQueue};
-use virtq::transport::{MmioTransport, MmioVersion, NotifyMode, VirtioDevice, config_read};
+use virtq::transport::{
+    DeviceId, MmioTransport, MmioVersion, NotifyMode, NotifyReport, Queues, VirtioDevice,
+    config_read,
+};
 use virtq::wire::{self, RingEventFlags, SplitDesc, UsedElem, split_layout};
 use virtq::{
     ChainError, Completion, Descriptor, Features, GuestAddress, GuestMemory, MemoryError, Queue,
@@ -383,17 +386,17 @@ struct OpaqueDevice;
 static CONFIG: [u8; 16] = [0; 16];
 
 impl VirtioDevice for OpaqueDevice {
-    fn device_id(&self) -> u32 {
-        any_u32(0)
+    fn device_id(&self) -> DeviceId {
+        DeviceId(any_u32(0))
     }
     fn vendor_id(&self) -> u32 {
         any_u32(1)
     }
-    fn device_features(&self) -> u64 {
-        any_u64(2)
+    fn device_features(&self) -> Features {
+        Features::from_bits_retain(any_u64(2))
     }
-    fn validate_features(&self, accepted: u64) -> bool {
-        accepted & any_u64(3) == 0
+    fn validate_features(&self, accepted: Features) -> bool {
+        accepted.bits() & any_u64(3) == 0
     }
     fn queue_max_size(&self, index: u16) -> u16 {
         any_u16(usize::from(index))
@@ -404,8 +407,8 @@ impl VirtioDevice for OpaqueDevice {
     fn write_config(&mut self, offset: u32, data: &[u8]) {
         sink((offset, data.len()));
     }
-    fn activate(&mut self, negotiated: u64) {
-        sink(negotiated);
+    fn activate(&mut self, negotiated: Features) {
+        sink(negotiated.bits());
     }
     fn reset(&mut self) {}
     fn queue_reset(&mut self, index: u16) {
@@ -414,21 +417,21 @@ impl VirtioDevice for OpaqueDevice {
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
-        queues: &mut [Queue],
+        mut queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
-        let Some(q) = queues.get_mut(usize::from(index)) else {
-            return false;
+    ) -> NotifyReport {
+        let Some(mut q) = queues.get(index) else {
+            return NotifyReport::IDLE;
         };
-        let r = q.drain(mem, 8, |chain| {
-            let mut w = ChainWriter::<M>::new(mem, &chain);
+        q.drain(mem, 8, |chain| {
+            let mut w = chain.writer(mem);
             match w.write_all(&[0u8; 4]) {
                 Ok(()) => Completion::Used(w.bytes_written()),
                 Err(IoError::Chain(e)) => Completion::Broken(e),
                 Err(_) => Completion::Used(0),
             }
-        });
-        matches!(r, Ok(rep) if rep.notify)
+        })
+        .into()
     }
 }
 

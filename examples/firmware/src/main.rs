@@ -24,8 +24,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use virtq::memory::HostRegion;
-use virtq::transport::{MmioTransport, MmioVersion, VirtioDevice};
-use virtq::{Completion, GuestAddress, GuestMemory, Queue};
+use virtq::transport::{DeviceId, MmioTransport, MmioVersion, NotifyReport, Queues, VirtioDevice};
+use virtq::{Completion, Features, GuestAddress, GuestMemory};
 use virtq_firmware_example::{MmioAccess, decode};
 
 // ---- The guest's memory map (example values) ---------------------------------------------
@@ -55,9 +55,6 @@ const MAX_REQUEST: usize = 4096;
 /// entropy. A real device reads a hardware source (`RNDR`, a TRNG peripheral).
 struct Rng {
     state: u64,
-    /// The budget ran out with requests left: the idle loop must run the queue again (no kick
-    /// will come for them).
-    more: bool,
 }
 
 impl Rng {
@@ -72,12 +69,12 @@ impl Rng {
 }
 
 impl VirtioDevice for Rng {
-    fn device_id(&self) -> u32 {
-        4 // entropy source (§5.4)
+    fn device_id(&self) -> DeviceId {
+        DeviceId::ENTROPY
     }
 
-    fn device_features(&self) -> u64 {
-        0 // no device-specific features; the transport adds VERSION_1
+    fn device_features(&self) -> Features {
+        Features::empty() // no device-specific features; the transport adds VERSION_1
     }
 
     fn queue_max_size(&self, index: u16) -> u16 {
@@ -88,21 +85,20 @@ impl VirtioDevice for Rng {
         // virtio-rng has no configuration space.
     }
 
-    fn reset(&mut self) {
-        self.more = false;
-    }
-
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
-        queues: &mut [Queue],
+        mut queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
-        let Some(q) = queues.get_mut(usize::from(index)) else {
-            return false;
+    ) -> NotifyReport {
+        let Some(mut q) = queues.get(index) else {
+            return NotifyReport::IDLE;
         };
         let mut block = [0u8; 64];
-        let report = q.drain(mem, BUDGET, |chain| {
+        // At most BUDGET chains; if requests are left, the report says `more`, the transport
+        // records the queue as pending and the idle loop runs it (no kick will come for them).
+        // A broken queue reports nothing here: the transport raises DEVICE_NEEDS_RESET.
+        q.drain(mem, BUDGET, |chain| {
             let mut w = chain.writer(mem);
             for _ in 0..MAX_REQUEST / block.len() {
                 self.fill(&mut block);
@@ -113,15 +109,8 @@ impl VirtioDevice for Rng {
                 }
             }
             Completion::Used(w.bytes_written())
-        });
-        match report {
-            Ok(r) => {
-                self.more = r.more;
-                r.notify
-            }
-            // The queue is broken: the transport turns that into DEVICE_NEEDS_RESET.
-            Err(_) => false,
-        }
+        })
+        .into()
     }
 }
 
@@ -202,8 +191,10 @@ enum Forwarded {
 fn forward(t: &mut Transport, offset: u64, width: u8, store: Option<u64>) -> Forwarded {
     match store {
         None => Forwarded::Load(t.read(offset, width)),
+        // The outcome's events (a refused queue, DEVICE_NEEDS_RESET, a reset) need nothing
+        // here; queue work left over (`Events::KICKS`) is taken by the idle loop.
         Some(value) => Forwarded::Store {
-            irq_level: t.write(offset, width, value),
+            irq_level: t.write(offset, width, value).irq,
         },
     }
 }
@@ -311,7 +302,6 @@ pub extern "C" fn hyp_main() -> ! {
     if let Some(ram) = ram {
         let device = Rng {
             state: 0x9e37_79b9_7f4a_7c15,
-            more: false,
         };
         RNG.with(|slot| *slot = Some(MmioTransport::new(device, ram, MmioVersion::V2)));
     }
@@ -326,14 +316,16 @@ pub extern "C" fn hyp_main() -> ! {
 }
 
 /// Requests left over when a notification's budget ran out: no kick will come for them, so
-/// the hypervisor runs the queue again from its own loop.
+/// the hypervisor runs the queue again from its own loop, one budget at a time.
 fn run_deferred() {
     RNG.with(|slot| {
-        if let Some(t) = slot.as_mut()
-            && core::mem::take(&mut t.device_mut().more)
-        {
-            let level = t.process_queue(0);
-            gic_set_spi_level(RNG_INTID, level);
+        if let Some(t) = slot.as_mut() {
+            let mut pending = false;
+            t.take_kicks(|q| pending |= q == 0);
+            if pending {
+                let out = t.process_queue(0);
+                gic_set_spi_level(RNG_INTID, out.irq);
+            }
         }
     });
 }

@@ -22,7 +22,7 @@ use crate::packed::{PackedQueue, layout as packed_layout};
 use crate::split::Queue;
 use crate::wire::{DeviceStatus, Features, split_layout as layout};
 
-use super::{NotifyMode, VirtioDevice};
+use super::{Events, NotifyMode, Queues, VirtioDevice};
 
 pub(crate) mod state;
 
@@ -201,6 +201,10 @@ pub(crate) struct Core<D, M, const Q: usize> {
     /// The transport lets the device do DMA (PCI: Bus Master Enable). Without it no queue is
     /// run.
     dma: bool,
+    /// A queue was refused since the transport last asked
+    /// ([`access_events`](Self::access_events)): an event of the access in progress, not
+    /// state.
+    refused_event: bool,
 }
 
 impl<D: fmt::Debug, M, const Q: usize> fmt::Debug for Core<D, M, Q> {
@@ -243,6 +247,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             lazy_generation: false,
             generation_fresh: false,
             dma: true,
+            refused_event: false,
         }
     }
 
@@ -282,6 +287,24 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
 
     pub(crate) fn queue_setup_error(&self, index: u16) -> Option<QueueSetupError> {
         self.regs.get(usize::from(index)).and_then(|r| r.refused)
+    }
+
+    /// The events of an access that started with device status `before`, as far as the core
+    /// knows them: DEVICE_NEEDS_RESET newly raised, a queue refused at enable, queue work
+    /// waiting. Clears the refusal record.
+    pub(crate) fn access_events(&mut self, before: DeviceStatus) -> Events {
+        let mut events = Events::empty();
+        let needs_reset = DeviceStatus::DEVICE_NEEDS_RESET;
+        if self.status.contains(needs_reset) && !before.contains(needs_reset) {
+            events |= Events::NEEDS_RESET;
+        }
+        if core::mem::take(&mut self.refused_event) {
+            events |= Events::QUEUE_REFUSED;
+        }
+        if self.has_kicks() {
+            events |= Events::KICKS;
+        }
+        events
     }
 
     pub(crate) const fn status(&self) -> DeviceStatus {
@@ -350,7 +373,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
                 let a = self.driver_features;
                 if a & !self.offered != 0
                     || a & Features::VERSION_1.bits() == 0
-                    || !self.device.validate_features(a)
+                    || !self.device.validate_features(Features::from_bits_retain(a))
                 {
                     return false;
                 }
@@ -432,7 +455,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             // Legacy: features are whatever the driver wrote by now.
             self.latch_features();
         }
-        self.device.activate(self.negotiated);
+        self.device
+            .activate(Features::from_bits_retain(self.negotiated));
         // Buffers queued during setup get processed now (INIT-07), or are reported as kicks.
         match self.mode {
             NotifyMode::Inline => self.poll(sig),
@@ -616,6 +640,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             if let Some(r) = self.regs.get_mut(index) {
                 r.refused = Some(QueueSetupError::FeaturesNotAccepted);
             }
+            self.refused_event = true;
             warn!("virtq: queue {} enabled before FEATURES_OK: refused", index);
             self.raise_needs_reset(sig);
             return;
@@ -758,6 +783,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         if let Some(r) = self.regs.get_mut(i) {
             r.refused = Some(e);
         }
+        self.refused_event = true;
         self.raise_needs_reset(sig);
     }
 
@@ -803,8 +829,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         }
     }
 
-    /// Kicks recorded in [`NotifyMode::Deferred`]: calls `f` with each kicked queue and
-    /// clears the record.
+    /// Queues with work waiting: kicks recorded in [`NotifyMode::Deferred`], and queues whose
+    /// device reported `more` (its budget ran out). Calls `f` with each and clears the record.
     pub(crate) fn take_kicks(&mut self, mut f: impl FnMut(u16)) {
         // Indices from a bounded range, not `enumerate` (whose counter is an overflow-checked
         // addition in builds with overflow checks).
@@ -817,7 +843,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         }
     }
 
-    /// Whether any kick is recorded and not taken.
+    /// Whether any queue has work waiting (a kick or a `more`) not taken yet.
     pub(crate) fn has_kicks(&self) -> bool {
         self.regs.iter().any(|r| r.kicked)
     }
@@ -837,7 +863,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     /// Run the device on queue `index` now; ignored for a queue that is not live. Then the
     /// interrupt decision: every queue the device says needs one (its own suppression check,
     /// [`Queue::needs_notification`] / [`PackedQueue::needs_notification`]), and the device's
-    /// own answer, and DEVICE_NEEDS_RESET for queues that broke.
+    /// own answer, and DEVICE_NEEDS_RESET for queues that broke. A device that reports `more`
+    /// leaves the queue recorded as pending (taken with [`take_kicks`](Self::take_kicks)); the
+    /// handler is never called again from here, so one call costs one device budget.
     pub(crate) fn process_queue<S: Signals>(&mut self, index: u16, sig: &mut S) {
         if !self.queue_live(index) {
             return;
@@ -850,12 +878,15 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         } else {
             [0; Q]
         };
-        let signal = if packed {
-            self.device
-                .queue_notify_packed(index, &mut self.packed, &self.mem)
+        // One call site for both formats: for a split-only device `packed` is a constant
+        // `false` and the packed arm folds away.
+        let queues = if packed {
+            Queues::Packed(&mut self.packed)
         } else {
-            self.device.queue_notify(index, &mut self.queues, &self.mem)
+            Queues::Split(&mut self.queues)
         };
+        let report = self.device.queue_notify(index, queues, &self.mem);
+        let signal = report.notify;
         let mut broke = false;
         let mut attributed = false;
         let queues = self
@@ -891,6 +922,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         }
         if signal && !attributed {
             sig.used(index);
+        }
+        // Work left over: record it (a kick the device owes itself). Served or not, any
+        // earlier record for this queue is settled by this call.
+        let pending = report.more && self.queue_live(index);
+        if let Some(r) = self.regs.get_mut(usize::from(index)) {
+            r.kicked = pending;
         }
         if broke {
             self.raise_needs_reset(sig);

@@ -323,7 +323,9 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
                     negotiated == driver
                         && negotiated & !self.offered == 0
                         && negotiated & Features::VERSION_1.bits() != 0
-                        && self.device.validate_features(negotiated)
+                        && self
+                            .device
+                            .validate_features(Features::from_bits_retain(negotiated))
                 }
                 Flavor::Legacy => negotiated == driver & self.offered,
             };
@@ -347,7 +349,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     /// decided for what it published and had not signalled.
     pub(crate) fn resume<S: super::Signals>(&mut self, sig: &mut S) {
         if self.status.contains(DeviceStatus::DRIVER_OK) {
-            self.device.activate(self.negotiated);
+            self.device
+                .activate(Features::from_bits_retain(self.negotiated));
         }
         if !self.is_live() || !self.dma {
             return;

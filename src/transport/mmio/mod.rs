@@ -4,15 +4,15 @@
 //! traps every guest access to it and forwards the access here:
 //!
 //! ```
-//! # use virtq::transport::{MmioTransport, MmioVersion, VirtioDevice};
-//! # use virtq::{GuestMemory, Queue};
+//! # use virtq::transport::{DeviceId, MmioTransport, MmioVersion, NotifyReport, Queues, VirtioDevice};
+//! # use virtq::{Features, GuestMemory};
 //! # struct Null;
 //! # impl VirtioDevice for Null {
-//! #     fn device_id(&self) -> u32 { 0 }
-//! #     fn device_features(&self) -> u64 { 0 }
+//! #     fn device_id(&self) -> DeviceId { DeviceId::INVALID }
+//! #     fn device_features(&self) -> Features { Features::empty() }
 //! #     fn queue_max_size(&self, _: u16) -> u16 { 0 }
 //! #     fn read_config(&self, _: u32, _: &mut [u8]) {}
-//! #     fn queue_notify<M: GuestMemory + ?Sized>(&mut self, _: u16, _: &mut [Queue], _: &M) -> bool { false }
+//! #     fn queue_notify<M: GuestMemory + ?Sized>(&mut self, _: u16, _: Queues<'_>, _: &M) -> NotifyReport { NotifyReport::IDLE }
 //! # }
 //! # let mem = virtq::memory::RegionTable::<1>::new();
 //! let mut dev = MmioTransport::<_, _, 1>::new(Null, &mem, MmioVersion::V2);
@@ -21,13 +21,18 @@
 //! assert_eq!(magic, 0x7472_6976);
 //! // Device configuration answers 1-, 2-, 4- and 8-byte accesses (here all zero).
 //! assert_eq!(dev.read(0x100, 8), 0);
-//! let irq_line = dev.write(0x070, 4, 1); // Status = ACKNOWLEDGE
-//! assert!(!irq_line);
+//! let out = dev.write(0x070, 4, 1); // Status = ACKNOWLEDGE
+//! assert!(!out.irq); // the interrupt line level
+//! assert!(out.events.is_empty()); // nothing else to act on
 //! ```
 //!
-//! Every access returns (or is followed by) the level of the device's interrupt line: asserted
-//! while `InterruptStatus` is non-zero (MMIO-03). The hypervisor forwards that level to its
-//! interrupt controller.
+//! Every write (and every call that runs the device) returns an [`MmioOutcome`]: the level of
+//! the device's interrupt line, asserted while `InterruptStatus` is non-zero (MMIO-03), the
+//! notifications raised during the access (for edge-triggered lines, see
+//! [the transport docs](super#interrupt-lines-levels-and-edges)), and [`Events`]: a queue
+//! refused at enable, DEVICE_NEEDS_RESET newly raised, a device reset, queue work waiting. The
+//! hypervisor forwards the level to its interrupt controller and acts on the events; it never
+//! has to poll the device for them. Reads have no side effects and return only the value.
 //!
 //! # What the transport checks
 //!
@@ -72,14 +77,18 @@
 //! split-ring value before FEATURES_OK). Its size may be any value from 1 to `QueueNumMax`
 //! (PACKED-02, PACKED-03); the ring must be
 //! 16-aligned and the event structures 4-aligned (PACKED-04) and all three in guest RAM
-//! (PACKED-05). Notifications then go to [`VirtioDevice::queue_notify_packed`].
+//! (PACKED-05). [`VirtioDevice::queue_notify`] then receives
+//! [`Queues::Packed`](super::Queues::Packed).
 //!
 //! # Used-buffer interrupts
 //!
 //! After the device's [`VirtioDevice::queue_notify`] returns, the transport asks every live
 //! queue [`Queue::needs_notification`] (or [`PackedQueue::needs_notification`]; EVENT_IDX,
 //! `VIRTQ_AVAIL_F_NO_INTERRUPT` or the driver event structure applied) and
-//! sets `InterruptStatus` bit 0 if any queue, or the handler itself, says so (MMIO-04).
+//! sets `InterruptStatus` bit 0 if any queue, or the handler itself, says so (MMIO-04). A
+//! handler that reports `more` (its budget ran out) leaves the queue pending:
+//! [`Events::KICKS`] in the outcome and the queue in [`MmioTransport::take_kicks`]; the
+//! transport never calls the handler twice for one access.
 
 use core::fmt;
 
@@ -91,7 +100,7 @@ use crate::wire::{DeviceStatus, Features, split_layout as layout};
 pub mod state;
 
 use super::core::{Area, Core, DEVICE_SPECIFIC, Flavor, GENERIC_ALLOWED, Signals};
-use super::{NotifyMode, QueueSetupError, VirtioDevice, access_len};
+use super::{Events, InterruptStatus, NotifyMode, QueueSetupError, VirtioDevice, access_len};
 
 /// Register offsets of the virtio-mmio window (§4.2.2, legacy §4.2.4).
 pub mod regs {
@@ -200,12 +209,14 @@ pub mod regs {
 /// `MagicValue` (§4.2.2): "virt" in little-endian.
 pub const MAGIC: u32 = 0x7472_6976;
 
-/// `InterruptStatus` bit 0: a used-buffer notification (§4.2.2).
+/// `InterruptStatus` bit 0 as a register value: a used-buffer notification (§4.2.2,
+/// [`InterruptStatus::USED_BUFFER`]).
 #[doc(alias = "VIRTIO_MMIO_INT_VRING")]
-pub const INT_VRING: u32 = 1;
-/// `InterruptStatus` bit 1: a configuration change (§4.2.2).
+pub const INT_VRING: u32 = InterruptStatus::USED_BUFFER.bits() as u32;
+/// `InterruptStatus` bit 1 as a register value: a configuration change (§4.2.2,
+/// [`InterruptStatus::CONFIG_CHANGE`]).
 #[doc(alias = "VIRTIO_MMIO_INT_CONFIG")]
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = InterruptStatus::CONFIG_CHANGE.bits() as u32;
 
 /// Which virtio-mmio register layout the device presents (§4.2.2, §4.2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -239,18 +250,44 @@ impl LegacyQueue {
 }
 
 /// `InterruptStatus` (§4.2.2): where the transport core's interrupt decisions land. One bit
-/// for every queue's used buffers, one for configuration changes.
+/// for every queue's used buffers, one for configuration changes; `raised` collects what the
+/// access in progress raised, set already or not (for edge-triggered lines).
 #[derive(Clone, Copy, Debug, Default)]
-struct InterruptStatus(u32);
+struct IrqState {
+    status: InterruptStatus,
+    raised: InterruptStatus,
+}
 
-impl Signals for InterruptStatus {
+impl Signals for IrqState {
     const PER_QUEUE: bool = false;
     fn used(&mut self, _queue: u16) {
-        self.0 |= INT_VRING;
+        self.status |= InterruptStatus::USED_BUFFER;
+        self.raised |= InterruptStatus::USED_BUFFER;
     }
     fn config(&mut self) {
-        self.0 |= INT_CONFIG;
+        self.status |= InterruptStatus::CONFIG_CHANGE;
+        self.raised |= InterruptStatus::CONFIG_CHANGE;
     }
+}
+
+/// What one write (or [`process_queue`](MmioTransport::process_queue), ...) did: the interrupt
+/// line level, the notifications it raised and the events to act on. The transport raises
+/// nothing itself and keeps no record of the events, so dropping an outcome drops them.
+#[must_use = "the outcome carries the interrupt line level and events the hypervisor must act on"]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MmioOutcome {
+    /// The interrupt line level after the access: asserted while `InterruptStatus` is
+    /// non-zero (MMIO-03). A level, not an edge: set a level-triggered line to it after every
+    /// access.
+    pub irq: bool,
+    /// The notifications the device raised during the access (`InterruptStatus` bits it set,
+    /// including bits that were set already). An edge-triggered line needs an edge whenever
+    /// this is not empty: a notification raised while the line is already high changes no
+    /// level (see [the transport docs](super#interrupt-lines-levels-and-edges)).
+    pub raised: InterruptStatus,
+    /// Events besides interrupts ([`Events::BAR_CHANGED`] never happens on MMIO).
+    pub events: Events,
 }
 
 /// A virtio-mmio device: the register file of one device model `D` with `Q` queues, over
@@ -263,7 +300,9 @@ impl Signals for InterruptStatus {
 pub struct MmioTransport<D, M, const Q: usize> {
     core: Core<D, M, Q>,
     version: MmioVersion,
-    int: InterruptStatus,
+    int: IrqState,
+    /// Events of the access in progress.
+    events: Events,
     legacy: [LegacyQueue; Q],
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -275,7 +314,7 @@ impl<D: fmt::Debug, M, const Q: usize> fmt::Debug for MmioTransport<D, M, Q> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MmioTransport")
             .field("version", &self.version)
-            .field("interrupt_status", &self.int.0)
+            .field("interrupt_status", &self.int.status)
             .field("core", &self.core)
             .finish()
     }
@@ -289,7 +328,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         // register) and RING_PACKED. Never on MMIO: SR_IOV, NOTIF_CONFIG_DATA, ADMIN_VQ
         // (PCI-only, RSV-12, RSV-14, MMIO-31); NOTIFICATION_DATA and SUSPEND are not
         // implemented here.
-        let dev = device.device_features();
+        let dev = device.device_features().bits();
         let (generic, flavor) = match version {
             MmioVersion::V2 => (GENERIC_ALLOWED, Flavor::Modern),
             MmioVersion::Legacy => (GENERIC_ALLOWED | LEGACY_ALLOWED, Flavor::Legacy),
@@ -304,7 +343,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         Self {
             core: Core::new(device, mem, flavor, offered),
             version,
-            int: InterruptStatus(0),
+            int: IrqState::default(),
+            events: Events::empty(),
             legacy: [LegacyQueue::POWER_ON; Q],
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -368,25 +408,26 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         self.core.status()
     }
 
-    /// The features offered to the driver (after the transport's mask).
-    pub const fn offered_features(&self) -> u64 {
-        self.core.offered()
+    /// The features offered to the driver (after the transport's mask), device-specific bits
+    /// included.
+    pub const fn offered_features(&self) -> Features {
+        Features::from_bits_retain(self.core.offered())
     }
 
-    /// The negotiated features (0 until FEATURES_OK, or DRIVER_OK in legacy mode).
-    pub const fn negotiated_features(&self) -> u64 {
-        self.core.negotiated()
+    /// The negotiated features (empty until FEATURES_OK, or DRIVER_OK in legacy mode).
+    pub const fn negotiated_features(&self) -> Features {
+        Features::from_bits_retain(self.core.negotiated())
     }
 
     /// `InterruptStatus` (§4.2.2).
-    pub const fn interrupt_status(&self) -> u32 {
-        self.int.0
+    pub const fn interrupt_status(&self) -> InterruptStatus {
+        self.int.status
     }
 
     /// The level of the device's interrupt line: asserted while `InterruptStatus` is non-zero
     /// (MMIO-03).
     pub const fn interrupt_asserted(&self) -> bool {
-        self.int.0 != 0
+        !self.int.status.is_empty()
     }
 
     /// Whether the driver set DRIVER_OK (and not FAILED): the device may use its queues.
@@ -395,18 +436,19 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     }
 
     /// The device changed its configuration: bump `ConfigGeneration` and, once the driver is
-    /// live, raise a configuration-change interrupt (§3.2.1, MMIO-05, MMIO-07). Returns the
-    /// interrupt line level.
-    pub fn signal_config_change(&mut self) -> bool {
+    /// live, raise a configuration-change interrupt (§3.2.1, MMIO-05, MMIO-07).
+    pub fn signal_config_change(&mut self) -> MmioOutcome {
+        let start = self.begin();
         self.core.signal_config_change(&mut self.int);
-        self.interrupt_asserted()
+        self.finish(start)
     }
 
     /// Enter DEVICE_NEEDS_RESET (§2.1.2), with a configuration-change interrupt if DRIVER_OK is
     /// set (STAT-09). Only the first call has an effect until reset.
-    pub fn raise_needs_reset(&mut self) -> bool {
+    pub fn raise_needs_reset(&mut self) -> MmioOutcome {
+        let start = self.begin();
         self.core.raise_needs_reset(&mut self.int);
-        self.interrupt_asserted()
+        self.finish(start)
     }
 
     /// Guest read of `width` bytes at `offset` in the register window: the value in the low
@@ -442,13 +484,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
                 MmioVersion::V2 => 2,
                 MmioVersion::Legacy => 1,
             },
-            regs::DEVICE_ID => self.core.device.device_id(),
+            regs::DEVICE_ID => self.core.device.device_id().0,
             regs::VENDOR_ID => self.core.device.vendor_id(),
             regs::DEVICE_FEATURES => self.core.device_feature_word(self.device_features_sel),
             regs::QUEUE_NUM_MAX => q.map_or(0, |i| u32::from(self.core.max_size(i))),
             regs::QUEUE_READY if v2 => q.map_or(0, |i| u32::from(self.core.queue_enabled(i))),
             regs::QUEUE_PFN if !v2 => q.and_then(|i| self.legacy.get(i)).map_or(0, |l| l.pfn),
-            regs::INTERRUPT_STATUS => self.int.0,
+            regs::INTERRUPT_STATUS => u32::from(self.int.status.bits()),
             regs::STATUS => u32::from(self.core.status().bits()),
             // No shared-memory regions: every region reads as absent (MMIO-29).
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH | regs::SHM_BASE_LOW | regs::SHM_BASE_HIGH
@@ -465,27 +507,27 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
 
     /// Guest write of `width` bytes at `offset`, the value in the low `width` bytes of
     /// `value`, little-endian (a trap's 1-, 2-, 4- or 8-byte store; higher bytes are ignored).
-    /// Returns the interrupt line level afterwards.
+    /// Returns the interrupt line level afterwards, the notifications raised and the events of
+    /// the access ([`MmioOutcome`]).
     ///
     /// The widths are [`read`](Self::read)'s: aligned 32-bit writes to control registers,
     /// 1, 2, 4 or 8 bytes anywhere in the device configuration (passed to
     /// [`VirtioDevice::write_config`] after FEATURES_OK, INIT-03). Accesses the register file
     /// does not define (another width, misaligned, read-only, unknown offset) are ignored
     /// (MMIO-21, MMIO-22).
-    pub fn write(&mut self, offset: u64, width: u8, value: u64) -> bool {
+    pub fn write(&mut self, offset: u64, width: u8, value: u64) -> MmioOutcome {
+        let start = self.begin();
         if offset >= regs::CONFIG {
             let buf = value.to_le_bytes();
             if let Some(data) = access_len(width).and_then(|n| buf.get(..n)) {
                 self.core
                     .write_config(offset.wrapping_sub(regs::CONFIG), data);
             }
-            return self.interrupt_asserted();
-        }
-        if width == 4 && offset.is_multiple_of(4) {
+        } else if width == 4 && offset.is_multiple_of(4) {
             // The low four bytes are the register value.
             self.write_register(offset, u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0));
         }
-        self.interrupt_asserted()
+        self.finish(start)
     }
 
     /// An aligned 32-bit write of control register `offset`.
@@ -529,7 +571,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             }
             (regs::INTERRUPT_ACK, _) => {
                 // Only the defined bits; the others are ignored (MMIO-26).
-                self.int.0 &= !(value & (INT_VRING | INT_CONFIG));
+                let ack = u8::try_from(value & 0xFF).unwrap_or(0);
+                self.int.status &= !InterruptStatus::from_bits_truncate(ack);
             }
             (regs::STATUS, _) => self.write_status(value),
             (regs::QUEUE_DESC_LOW, Some(i)) if v2 => self.write_addr(i, Area::Desc, value, 0),
@@ -551,27 +594,48 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         }
     }
 
-    /// Kicks recorded in [`NotifyMode::Deferred`] since the last call: calls `f` with each
-    /// kicked queue index and clears the record.
+    /// Queues with work waiting since the last call: kicks recorded in
+    /// [`NotifyMode::Deferred`], and queues whose device used up its budget
+    /// ([`NotifyReport::more`](super::NotifyReport::more)). Calls `f` with each queue index and
+    /// clears the record; run [`process_queue`](Self::process_queue) for each (an outcome with
+    /// [`Events::KICKS`] says there are some).
     pub fn take_kicks(&mut self, f: impl FnMut(u16)) {
         self.core.take_kicks(f);
     }
 
-    /// Run the device on queue `index` now (as an inline `QueueNotify` would). Ignored for a
-    /// queue that is not live. Returns the interrupt line level.
-    pub fn process_queue(&mut self, index: u16) -> bool {
+    /// Run the device on queue `index` now (as an inline `QueueNotify` would): one call of the
+    /// device's handler, so at most one budget of work. Ignored for a queue that is not live.
+    pub fn process_queue(&mut self, index: u16) -> MmioOutcome {
+        let start = self.begin();
         self.core.process_queue(index, &mut self.int);
-        self.interrupt_asserted()
+        self.finish(start)
     }
 
-    /// Run the device on every live queue (a device that polls its rings). Returns the
-    /// interrupt line level.
-    pub fn poll(&mut self) -> bool {
+    /// Run the device once on every live queue (a device that polls its rings).
+    pub fn poll(&mut self) -> MmioOutcome {
+        let start = self.begin();
         self.core.poll(&mut self.int);
-        self.interrupt_asserted()
+        self.finish(start)
     }
 
     // ---- internals -------------------------------------------------------------------------
+
+    /// Start of an access: no events yet; the status before it.
+    fn begin(&mut self) -> DeviceStatus {
+        self.events = Events::empty();
+        self.int.raised = InterruptStatus::empty();
+        self.core.status()
+    }
+
+    /// End of an access: its level, notifications and events.
+    fn finish(&mut self, before: DeviceStatus) -> MmioOutcome {
+        self.events |= self.core.access_events(before);
+        MmioOutcome {
+            irq: self.interrupt_asserted(),
+            raised: core::mem::take(&mut self.int.raised),
+            events: core::mem::take(&mut self.events),
+        }
+    }
 
     /// The selected queue, if it exists (a queue with maximum size 0 does not, MMIO-20).
     fn selected(&self) -> Option<usize> {
@@ -620,7 +684,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     /// status reads 0.
     fn reset(&mut self) {
         self.core.reset();
-        self.int = InterruptStatus(0);
+        self.int = IrqState::default();
+        self.events |= Events::DEVICE_RESET;
         self.legacy = [LegacyQueue::POWER_ON; Q];
         self.device_features_sel = 0;
         self.driver_features_sel = 0;

@@ -12,9 +12,12 @@
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::{INT_CONFIG, INT_VRING, InterruptStatus, LegacyQueue, MmioTransport, MmioVersion};
+use super::{
+    INT_CONFIG, INT_VRING, IrqState, LegacyQueue, MmioOutcome, MmioTransport, MmioVersion,
+};
 use crate::memory::GuestMemory;
 use crate::snapshot::{HEADER_LEN, StateError, StateField, StateKind, open, write_header};
+use crate::transport::InterruptStatus;
 use crate::transport::VirtioDevice;
 
 /// The virtio-mmio register block of a transport state.
@@ -80,7 +83,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
                 MmioVersion::V2 => 2,
             },
             reserved: [0; 3],
-            interrupt_status: U32::new(self.int.0),
+            interrupt_status: U32::new(u32::from(self.int.status.bits())),
             device_features_sel: U32::new(self.device_features_sel),
             driver_features_sel: U32::new(self.driver_features_sel),
             queue_sel: U32::new(self.queue_sel),
@@ -144,9 +147,10 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             return Err(invalid(StateField::QueueRegister));
         }
         let int = f.interrupt_status.get();
-        if int & !(INT_VRING | INT_CONFIG) != 0 {
-            return Err(invalid(StateField::InterruptStatus));
-        }
+        let int = match u8::try_from(int).ok().and_then(InterruptStatus::from_bits) {
+            Some(bits) if int & !(INT_VRING | INT_CONFIG) == 0 => bits,
+            _ => return Err(invalid(StateField::InterruptStatus)),
+        };
         let page = f.guest_page_size.get();
         if !page.is_power_of_two() {
             return Err(invalid(StateField::Legacy));
@@ -187,7 +191,10 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             });
         }
         self.core.apply_state(rest)?;
-        self.int = InterruptStatus(int);
+        self.int = IrqState {
+            status: int,
+            raised: InterruptStatus::empty(),
+        };
         self.legacy = legacy;
         self.device_features_sel = f.device_features_sel.get();
         self.driver_features_sel = f.driver_features_sel.get();
@@ -199,10 +206,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     /// After a [`restore`](Self::restore): tell the device its negotiated features again,
     /// re-arm and re-check every ready queue once (kicks the driver sent while the device was
     /// stopped were lost) and serve the queues that have work, decide the interrupts still
-    /// due, and return the interrupt line level to set (it may already be high from the
-    /// restored `InterruptStatus`; an edge-triggered line must get an edge now).
-    pub fn resume(&mut self) -> bool {
+    /// due, and return the outcome: the interrupt line level to set (it may already be high
+    /// from the restored `InterruptStatus`; an edge-triggered line must get an edge now if it
+    /// is) and the events (queues whose device budget ran out are pending,
+    /// [`Events::KICKS`](crate::transport::Events::KICKS)).
+    pub fn resume(&mut self) -> MmioOutcome {
+        let start = self.begin();
         self.core.resume(&mut self.int);
-        self.interrupt_asserted()
+        self.finish(start)
     }
 }

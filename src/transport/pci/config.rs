@@ -11,7 +11,7 @@ use crate::memory::GuestMemory;
 use crate::transport::VirtioDevice;
 
 use super::layout::{self as l, BAR_SIZE};
-use super::{PciEvents, PciTransport};
+use super::{Events, PciTransport};
 
 /// Fields of the `VIRTIO_PCI_CAP_PCI_CFG` window as the driver wrote them (§4.1.4.9).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -234,7 +234,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
 
     fn write_command(&mut self, command: u16) {
         if (command ^ self.command) & l::COMMAND_MEMORY != 0 {
-            self.events |= PciEvents::BAR_CHANGED;
+            self.events |= Events::BAR_CHANGED;
         }
         self.command = command;
         let bus_master = command & l::COMMAND_BUS_MASTER != 0;
@@ -249,7 +249,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
     fn move_bar(&mut self, address: u64) {
         if address != self.bar {
             self.bar = address;
-            self.events |= PciEvents::BAR_CHANGED;
+            self.events |= Events::BAR_CHANGED;
         }
     }
 }

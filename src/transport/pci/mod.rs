@@ -14,7 +14,7 @@
 //!    function decoded by the hypervisor) goes to [`config_read`](PciTransport::config_read) /
 //!    [`config_write`](PciTransport::config_write) with the register offset and width.
 //! 2. **BAR accesses**: the driver places BAR 0 wherever it likes. After every config write
-//!    whose outcome has [`PciEvents::BAR_CHANGED`], read [`bar_address`](PciTransport::bar_address)
+//!    whose outcome has [`Events::BAR_CHANGED`], read [`bar_address`](PciTransport::bar_address)
 //!    and move the trap (unmap the old window, map the new one with no access rights). A
 //!    trapped load or store in the window goes to [`bar_read`](PciTransport::bar_read) /
 //!    [`bar_write`](PciTransport::bar_write) with the offset inside the BAR (or to
@@ -26,16 +26,16 @@
 //!    it to that value after every access). The transport never raises anything itself.
 //!
 //! ```
-//! # use virtq::transport::VirtioDevice;
-//! # use virtq::{GuestMemory, Queue};
+//! # use virtq::transport::{DeviceId, NotifyReport, Queues, VirtioDevice};
+//! # use virtq::{Features, GuestMemory};
 //! use virtq::transport::pci::{PciOutcome, PciTransport, layout};
 //! # struct Blk;
 //! # impl VirtioDevice for Blk {
-//! #     fn device_id(&self) -> u32 { 2 }
-//! #     fn device_features(&self) -> u64 { 0 }
+//! #     fn device_id(&self) -> DeviceId { DeviceId::BLOCK }
+//! #     fn device_features(&self) -> Features { Features::empty() }
 //! #     fn queue_max_size(&self, i: u16) -> u16 { if i == 0 { 64 } else { 0 } }
 //! #     fn read_config(&self, _: u32, _: &mut [u8]) {}
-//! #     fn queue_notify<M: GuestMemory + ?Sized>(&mut self, _: u16, _: &mut [Queue], _: &M) -> bool { false }
+//! #     fn queue_notify<M: GuestMemory + ?Sized>(&mut self, _: u16, _: Queues<'_>, _: &M) -> NotifyReport { NotifyReport::IDLE }
 //! # }
 //! # let mem = virtq::memory::RegionTable::<1>::new();
 //! // One queue, two MSI-X vectors (queue and configuration changes).
@@ -57,7 +57,7 @@
 //! let _ = f.config_write(layout::BAR0, 4, 0xE000_0000);
 //! let _ = f.config_write(layout::BAR1, 4, 0);
 //! let out = f.config_write(layout::COMMAND, 2, 0b110); // memory space, bus master
-//! assert!(out.events.contains(virtq::transport::pci::PciEvents::BAR_CHANGED));
+//! assert!(out.events.contains(virtq::transport::Events::BAR_CHANGED));
 //! assert_eq!(f.bar_address(0), Some(0xE000_0000));
 //! // A trapped 1-byte load of the device status in the common configuration.
 //! let out = f.memory_read(0xE000_0000 + 0x14, 1).expect("inside BAR 0");
@@ -142,15 +142,15 @@ pub use msix::{MsiMessage, MsixVectors, NO_VECTOR};
 
 use core::fmt;
 
-use bitflags::bitflags;
-
 use crate::memory::GuestMemory;
 use crate::packed::PackedQueue;
 use crate::split::Queue;
 use crate::wire::{DeviceStatus, Features};
 
 use super::core::{Core, DEVICE_SPECIFIC, Flavor, GENERIC_ALLOWED};
-use super::{NotifyMode, QueueSetupError, VirtioDevice, access_len};
+use super::{
+    DeviceId, Events, InterruptStatus, NotifyMode, QueueSetupError, VirtioDevice, access_len,
+};
 use config::Window;
 use msix::Interrupts;
 
@@ -175,40 +175,19 @@ pub struct PciIds {
 
 impl PciIds {
     /// The defaults for virtio device type `device_id`.
-    pub const fn for_device(device_id: u32) -> Self {
+    pub const fn for_device(device_id: DeviceId) -> Self {
         Self {
             subsystem_vendor_id: layout::VENDOR_ID,
             subsystem_id: 0x1100,
-            class_code: config::default_class_code(device_id),
+            class_code: config::default_class_code(device_id.0),
             revision: 1,
         }
     }
 }
 
-bitflags! {
-    /// Things besides interrupts the hypervisor may have to act on after an access.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-    pub struct PciEvents: u8 {
-        /// BAR 0 moved or Memory Space decoding was switched: read
-        /// [`PciTransport::bar_address`] and move the BAR trap.
-        const BAR_CHANGED = 1;
-        /// The device entered DEVICE_NEEDS_RESET during the access (a queue was refused or
-        /// broke, §2.1.2); [`PciTransport::queue_setup_error`] and the queues' errors say why.
-        const NEEDS_RESET = 1 << 1;
-        /// The driver reset the device (device status 0, §2.4).
-        const DEVICE_RESET = 1 << 2;
-        /// Kicks wait in [`NotifyMode::Deferred`]: call [`PciTransport::take_kicks`] and run
-        /// [`PciTransport::process_queue`] for each.
-        const KICKS = 1 << 3;
-    }
-}
-
-#[cfg(feature = "defmt")]
-impl defmt::Format for PciEvents {
-    fn format(&self, f: defmt::Formatter<'_>) {
-        defmt::write!(f, "PciEvents({=u8:#x})", self.bits());
-    }
-}
+/// The events of a [`PciOutcome`]: the transports share one type ([`Events`]); this is its
+/// former name.
+pub use super::Events as PciEvents;
 
 /// What one access (or [`process_queue`](PciTransport::process_queue), ...) did: the value
 /// read, the interrupts to raise and the events to act on. The transport raises nothing
@@ -226,7 +205,7 @@ pub struct PciOutcome {
     /// MSI-X vectors whose message must be sent now (§4.1.5.4, §4.1.5.5).
     pub msix: MsixVectors,
     /// Events besides interrupts.
-    pub events: PciEvents,
+    pub events: Events,
 }
 
 /// A virtio-pci function (modern interface, §4.1): device model `D` with `Q` queues (at most
@@ -251,7 +230,7 @@ pub struct PciTransport<D, M, const Q: usize, const V: usize> {
     driver_feature_select: u32,
     queue_select: u16,
     /// Events of the access in progress.
-    events: PciEvents,
+    events: Events,
 }
 
 impl<D: fmt::Debug, M, const Q: usize, const V: usize> fmt::Debug for PciTransport<D, M, Q, V> {
@@ -295,7 +274,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
     /// As [`new`](Self::new), with the given subsystem IDs, class code and revision.
     pub fn with_ids(device: D, mem: M, ids: PciIds) -> Self {
         let () = Self::LIMITS;
-        let dev = device.device_features();
+        let dev = device.device_features().bits();
         let mut offered = dev & (DEVICE_SPECIFIC | GENERIC_ALLOWED);
         offered |= Features::VERSION_1.bits()
             | (dev & (Features::RING_RESET | Features::NOTIFICATION_DATA).bits());
@@ -303,7 +282,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
             offered |= dev & Features::RING_PACKED.bits();
         }
         let pci_device_id = u32::from(layout::DEVICE_ID_BASE)
-            .checked_add(device.device_id())
+            .checked_add(device.device_id().0)
             .and_then(|id| u16::try_from(id).ok())
             .unwrap_or(u16::MAX);
         let mut core = Core::new(device, mem, Flavor::Modern, offered);
@@ -328,7 +307,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
             device_feature_select: 0,
             driver_feature_select: 0,
             queue_select: 0,
-            events: PciEvents::empty(),
+            events: Events::empty(),
         }
     }
 
@@ -393,14 +372,15 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         self.core.is_live()
     }
 
-    /// The features offered to the driver (after the transport's mask).
-    pub const fn offered_features(&self) -> u64 {
-        self.core.offered()
+    /// The features offered to the driver (after the transport's mask), device-specific bits
+    /// included.
+    pub const fn offered_features(&self) -> Features {
+        Features::from_bits_retain(self.core.offered())
     }
 
-    /// The negotiated features (0 until FEATURES_OK).
-    pub const fn negotiated_features(&self) -> u64 {
-        self.core.negotiated()
+    /// The negotiated features (empty until FEATURES_OK).
+    pub const fn negotiated_features(&self) -> Features {
+        Features::from_bits_retain(self.core.negotiated())
     }
 
     /// The command register.
@@ -419,8 +399,8 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
     }
 
     /// The ISR status (§4.1.4.5), without clearing it.
-    pub const fn isr(&self) -> u8 {
-        self.irq.isr
+    pub const fn isr(&self) -> InterruptStatus {
+        InterruptStatus::from_bits_retain(self.irq.isr)
     }
 
     /// Whether MSI-X is enabled (Message Control).
@@ -536,14 +516,17 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         Some(self.bar_write(layout::BAR, offset, width, value))
     }
 
-    /// Kicks recorded in [`NotifyMode::Deferred`] since the last call: calls `f` with each
-    /// kicked queue index and clears the record.
+    /// Queues with work waiting since the last call: kicks recorded in
+    /// [`NotifyMode::Deferred`], and queues whose device used up its budget
+    /// ([`NotifyReport::more`](super::NotifyReport::more)). Calls `f` with each queue index and
+    /// clears the record; run [`process_queue`](Self::process_queue) for each (an outcome with
+    /// [`Events::KICKS`] says there are some).
     pub fn take_kicks(&mut self, f: impl FnMut(u16)) {
         self.core.take_kicks(f);
     }
 
-    /// Run the device on queue `index` now (as an inline notification would). Ignored for a
-    /// queue that is not live.
+    /// Run the device on queue `index` now (as an inline notification would): one call of the
+    /// device's handler, so at most one budget of work. Ignored for a queue that is not live.
     pub fn process_queue(&mut self, index: u16) -> PciOutcome {
         let start = self.begin();
         self.core.process_queue(index, &mut self.irq);
@@ -582,7 +565,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         self.irq = Interrupts::POWER_ON;
         self.core.set_dma(false);
         if self.command & layout::COMMAND_MEMORY != 0 || self.bar != 0 {
-            self.events |= PciEvents::BAR_CHANGED;
+            self.events |= Events::BAR_CHANGED;
         }
         self.command = 0;
         self.bar = 0;
@@ -595,19 +578,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
 
     /// Start of an access: the status before it.
     fn begin(&mut self) -> DeviceStatus {
-        self.events = PciEvents::empty();
+        self.events = Events::empty();
         self.core.status()
     }
 
     /// End of an access: collect its interrupts and events.
     fn finish(&mut self, value: u64, before: DeviceStatus) -> PciOutcome {
-        let needs_reset = DeviceStatus::DEVICE_NEEDS_RESET;
-        if self.core.status().contains(needs_reset) && !before.contains(needs_reset) {
-            self.events |= PciEvents::NEEDS_RESET;
-        }
-        if self.core.has_kicks() {
-            self.events |= PciEvents::KICKS;
-        }
+        self.events |= self.core.access_events(before);
         PciOutcome {
             value,
             intx: self.irq.intx_level(),
@@ -706,7 +683,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.queue_select = 0;
-        self.events |= PciEvents::DEVICE_RESET;
+        self.events |= Events::DEVICE_RESET;
     }
 }
 

@@ -1,22 +1,22 @@
 //! A virtio-blk RAM disk (VIRTIO 1.4 §5.2): read, write, flush and get-id; anything else is
 //! `UNSUPP`, out-of-range or misaligned requests are `IOERR`.
 
-use virtq::io::{IoError, split_descriptors};
-use virtq::transport::{VirtioDevice, config_read};
+use virtq::io::{IoError, Reader, Writer};
+use virtq::transport::{DeviceId, NotifyReport, Queues, VirtioDevice, config_read};
+use virtq::{Completion, Features, GuestMemory};
 
-use super::{RingChain, drain_all};
-use virtq::{Completion, Descriptor, Features, GuestMemory, PackedQueue, Queue};
+use super::{BUDGET, Chain, Scratch, buffers};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Device type 2 (§5.2.1).
-pub const DEVICE_ID: u32 = 2;
+pub const DEVICE_ID: DeviceId = DeviceId::BLOCK;
 /// Sector size (§5.2.6).
 pub const SECTOR: usize = 512;
 /// `VIRTIO_BLK_F_FLUSH` (§5.2.3).
-pub const F_FLUSH: u64 = 1 << 9;
+pub const F_FLUSH: Features = Features::from_bits_retain(1 << 9);
 /// `VIRTIO_BLK_F_BLK_SIZE` (§5.2.3).
-pub const F_BLK_SIZE: u64 = 1 << 6;
+pub const F_BLK_SIZE: Features = Features::from_bits_retain(1 << 6);
 
 /// Request types (§5.2.6).
 pub const T_IN: u32 = 0;
@@ -68,10 +68,10 @@ pub struct BlkStats {
 #[derive(Debug)]
 pub struct BlkDevice {
     disk: Vec<u8>,
-    features: u64,
+    features: Features,
     queue_size: u16,
     id: [u8; 20],
-    scratch: Vec<Descriptor>,
+    scratch: Scratch,
     /// What has been served so far.
     pub stats: BlkStats,
 }
@@ -84,12 +84,19 @@ impl BlkDevice {
         id[..10].copy_from_slice(b"virtq-ram0");
         Self {
             disk: vec![0; usize::try_from(sectors).unwrap() * SECTOR],
-            features: F_FLUSH | F_BLK_SIZE | extra.bits(),
+            features: F_FLUSH | F_BLK_SIZE | extra,
             queue_size,
             id,
-            scratch: Vec::with_capacity(64),
+            scratch: Scratch::new(BUDGET),
             stats: BlkStats::default(),
         }
+    }
+
+    /// The same device serving at most `budget` requests per notification (default
+    /// [`BUDGET`]); the rest is reported as `more` for the transport to schedule.
+    pub fn with_budget(mut self, budget: usize) -> Self {
+        self.scratch = Scratch::new(budget);
+        self
     }
 
     /// The disk contents.
@@ -107,14 +114,23 @@ impl BlkDevice {
     pub fn sectors(&self) -> u64 {
         (self.disk.len() / SECTOR) as u64
     }
+}
 
-    /// Serve one request already copied into `descs`; returns the used length.
+/// The disk side of a request: what serving one needs, apart from the chain storage.
+struct Disk<'d> {
+    data: &'d mut [u8],
+    id: &'d [u8; 20],
+    stats: &'d mut BlkStats,
+}
+
+impl Disk<'_> {
+    /// Serve one request: `req` its readable part, `resp` its writable part (data, then the
+    /// status byte). Returns the used length.
     fn serve<M: GuestMemory + ?Sized>(
         &mut self,
-        mem: &M,
-        descs: &[Descriptor],
+        mut req: Reader<'_, M>,
+        mut resp: Writer<'_, M>,
     ) -> Result<u32, IoError> {
-        let (mut req, mut resp) = split_descriptors(mem, descs);
         let data_len = resp
             .remaining()
             .checked_sub(1)
@@ -130,7 +146,7 @@ impl BlkDevice {
             Some(T_IN) => {
                 let len = data_len as usize;
                 let range = start.and_then(|s| Some(s..s.checked_add(len)?));
-                match range.and_then(|r| self.disk.get(r)) {
+                match range.and_then(|r| self.data.get(r)) {
                     Some(data) if len.is_multiple_of(SECTOR) => {
                         resp.write_all(data)?;
                         self.stats.bytes_read += len as u64;
@@ -142,7 +158,7 @@ impl BlkDevice {
             Some(T_OUT) => {
                 let len = req.remaining() as usize;
                 let range = start.and_then(|s| Some(s..s.checked_add(len)?));
-                match range.and_then(|r| self.disk.get_mut(r)) {
+                match range.and_then(|r| self.data.get_mut(r)) {
                     Some(data) if len.is_multiple_of(SECTOR) => {
                         req.read_exact(data)?;
                         self.stats.bytes_written += len as u64;
@@ -178,22 +194,6 @@ impl BlkDevice {
         self.stats.requests += 1;
         Ok(resp.bytes_written())
     }
-
-    fn handle<M: GuestMemory + ?Sized, C: RingChain>(&mut self, chain: &C, mem: &M) -> Completion {
-        let mut descs = std::mem::take(&mut self.scratch);
-        let len = match super::collect(chain, mem, &mut descs) {
-            Ok(()) => self.serve(mem, &descs).unwrap_or_else(|_| {
-                self.stats.malformed += 1;
-                0
-            }),
-            Err(_) => {
-                self.stats.malformed += 1;
-                0
-            }
-        };
-        self.scratch = descs;
-        Completion::Used(len)
-    }
 }
 
 static ZEROS: [u8; 4096] = [0; 4096];
@@ -201,11 +201,11 @@ static ZEROS: [u8; 4096] = [0; 4096];
 impl VirtioDevice for BlkDevice {
     const PACKED_RING: bool = true;
 
-    fn device_id(&self) -> u32 {
+    fn device_id(&self) -> DeviceId {
         DEVICE_ID
     }
 
-    fn device_features(&self) -> u64 {
+    fn device_features(&self) -> Features {
         self.features
     }
 
@@ -224,24 +224,36 @@ impl VirtioDevice for BlkDevice {
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
-        queues: &mut [Queue],
+        mut queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
-        let Some(q) = queues.get_mut(usize::from(index)).filter(|_| index == 0) else {
-            return false;
+    ) -> NotifyReport {
+        let Some(mut q) = queues.get(index).filter(|_| index == 0) else {
+            return NotifyReport::IDLE;
         };
-        drain_all(q, mem, |chain| self.handle(chain, mem))
-    }
-
-    fn queue_notify_packed<M: GuestMemory + ?Sized>(
-        &mut self,
-        index: u16,
-        queues: &mut [PackedQueue],
-        mem: &M,
-    ) -> bool {
-        let Some(q) = queues.get_mut(usize::from(index)).filter(|_| index == 0) else {
-            return false;
+        let Self {
+            disk,
+            id,
+            scratch,
+            stats,
+            ..
+        } = self;
+        let mut disk = Disk {
+            data: disk,
+            id,
+            stats,
         };
-        drain_all(q, mem, |chain| self.handle(chain, mem))
+        let (chain, segments, budget) = scratch.parts();
+        q.drain_into(mem, budget, chain, |c: &Chain| {
+            let served = buffers(c, mem, segments).map(|(req, resp)| disk.serve(req, resp));
+            match served {
+                Some(Ok(len)) => Completion::Used(len),
+                // Malformed, or no status byte: completed with length 0.
+                _ => {
+                    disk.stats.malformed += 1;
+                    Completion::Used(0)
+                }
+            }
+        })
+        .into()
     }
 }

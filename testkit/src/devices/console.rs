@@ -1,55 +1,79 @@
 //! A virtio-console that echoes (VIRTIO 1.4 §5.3): every byte the driver transmits on port 0
 //! comes back on port 0's receive queue.
 
-use std::collections::VecDeque;
+use virtq::heapless::{Deque, Vec as FixedVec};
+use virtq::io::{Reader, Writer};
+use virtq::transport::{DeviceId, NotifyReport, Queues, VirtioDevice, config_read};
+use virtq::{Features, GuestMemory};
 
-use virtq::io::Writer;
-use virtq::transport::{VirtioDevice, config_read};
-use virtq::{Descriptor, Features, GuestMemory, PackedQueue, Queue};
-
-use super::{Loopback, Posted, serve_loopback};
+use super::{BUDGET, Loopback, Scratch, serve_loopback};
 
 /// Device type 3 (§5.3.1).
-pub const DEVICE_ID: u32 = 3;
+pub const DEVICE_ID: DeviceId = DeviceId::CONSOLE;
 /// `VIRTIO_CONSOLE_F_SIZE` (§5.3.3).
-pub const F_SIZE: u64 = 1 << 0;
+pub const F_SIZE: Features = Features::from_bits_retain(1 << 0);
 /// receiveq of port 0.
 pub const RX: u16 = 0;
 /// transmitq of port 0.
 pub const TX: u16 = 1;
+/// Bytes the console holds for echoing (a FIFO: what does not fit is dropped and counted).
+pub const FIFO_BYTES: usize = 16 * 1024;
+/// Bytes of [`ConsoleDevice::transmitted`] kept (later bytes are echoed but not recorded).
+pub const TRANSCRIPT_BYTES: usize = 16 * 1024;
 
 /// An echoing console.
 #[derive(Debug)]
 pub struct ConsoleDevice {
-    features: u64,
+    features: Features,
     queue_size: u16,
     /// Bytes received from the driver and not yet echoed back.
-    pending: VecDeque<u8>,
-    /// Receive buffers the driver posted that are still empty (kept across notifications).
-    posted: Posted,
-    scratch: Vec<Descriptor>,
-    /// Every byte the driver transmitted, in order.
-    pub transmitted: Vec<u8>,
+    pending: Deque<u8, FIFO_BYTES>,
+    scratch: Scratch,
+    /// The bytes the driver transmitted, in order (the first [`TRANSCRIPT_BYTES`]).
+    pub transmitted: FixedVec<u8, TRANSCRIPT_BYTES>,
+    /// Transmitted bytes dropped because the echo FIFO was full.
+    pub dropped: u64,
 }
 
 impl ConsoleDevice {
     /// A console offering SIZE plus the device-independent `extra` features.
     pub fn new(extra: Features, queue_size: u16) -> Self {
         Self {
-            features: F_SIZE | extra.bits(),
+            features: F_SIZE | extra,
             queue_size,
-            pending: VecDeque::new(),
-            posted: Posted::default(),
-            scratch: Vec::new(),
-            transmitted: Vec::new(),
+            pending: Deque::new(),
+            scratch: Scratch::new(BUDGET),
+            transmitted: FixedVec::new(),
+            dropped: 0,
         }
+    }
+
+    /// The same console doing at most `budget` chains per notification (default [`BUDGET`]).
+    pub fn with_budget(mut self, budget: usize) -> Self {
+        self.scratch = Scratch::new(budget);
+        self
     }
 }
 
-impl Loopback for ConsoleDevice {
-    fn transmitted(&mut self, data: Vec<u8>) {
-        self.transmitted.extend_from_slice(&data);
-        self.pending.extend(data);
+/// The console's echo state, borrowed apart from its chain storage.
+struct Echo<'d> {
+    pending: &'d mut Deque<u8, FIFO_BYTES>,
+    transmitted: &'d mut FixedVec<u8, TRANSCRIPT_BYTES>,
+    dropped: &'d mut u64,
+}
+
+impl Loopback for Echo<'_> {
+    fn transmit<M: GuestMemory + ?Sized>(&mut self, rd: &mut Reader<'_, M>) {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = rd.read(&mut buf) {
+            for &b in &buf[..n] {
+                // A full transcript stops recording; a full FIFO drops the byte.
+                let _ = self.transmitted.push(b);
+                if self.pending.push_back(b).is_err() {
+                    *self.dropped += 1;
+                }
+            }
+        }
     }
 
     fn has_rx_data(&self) -> bool {
@@ -58,27 +82,32 @@ impl Loopback for ConsoleDevice {
 
     /// As many pending bytes as the buffer holds.
     fn receive<M: GuestMemory + ?Sized>(&mut self, wr: &mut Writer<'_, M>) -> u32 {
-        let n = (wr.remaining() as usize).min(self.pending.len());
-        let bytes: Vec<u8> = self.pending.drain(..n).collect();
-        match wr.write_all(&bytes) {
-            Ok(()) => wr.bytes_written(),
-            Err(_) => 0,
+        let (front, back) = self.pending.as_slices();
+        let mut n = 0;
+        for part in [front, back] {
+            match wr.write(part) {
+                Ok(k) => n += k,
+                Err(_) => return 0,
+            }
+            if n < front.len() {
+                break;
+            }
         }
-    }
-
-    fn buffers(&mut self) -> (&mut Posted, &mut Vec<Descriptor>) {
-        (&mut self.posted, &mut self.scratch)
+        for _ in 0..n {
+            self.pending.pop_front();
+        }
+        wr.bytes_written()
     }
 }
 
 impl VirtioDevice for ConsoleDevice {
     const PACKED_RING: bool = true;
 
-    fn device_id(&self) -> u32 {
+    fn device_id(&self) -> DeviceId {
         DEVICE_ID
     }
 
-    fn device_features(&self) -> u64 {
+    fn device_features(&self) -> Features {
         self.features
     }
 
@@ -97,31 +126,26 @@ impl VirtioDevice for ConsoleDevice {
 
     fn reset(&mut self) {
         self.pending.clear();
-        self.posted.clear();
-    }
-
-    fn queue_reset(&mut self, index: u16) {
-        // Kept receive buffers belong to the old incarnation of the queue.
-        if index == RX {
-            self.posted.clear();
-        }
     }
 
     fn queue_notify<M: GuestMemory + ?Sized>(
         &mut self,
         index: u16,
-        queues: &mut [Queue],
+        queues: Queues<'_>,
         mem: &M,
-    ) -> bool {
-        serve_loopback(self, index, queues, mem)
-    }
-
-    fn queue_notify_packed<M: GuestMemory + ?Sized>(
-        &mut self,
-        index: u16,
-        queues: &mut [PackedQueue],
-        mem: &M,
-    ) -> bool {
-        serve_loopback(self, index, queues, mem)
+    ) -> NotifyReport {
+        let Self {
+            pending,
+            scratch,
+            transmitted,
+            dropped,
+            ..
+        } = self;
+        let mut echo = Echo {
+            pending,
+            transmitted,
+            dropped,
+        };
+        serve_loopback(&mut echo, scratch, index, queues, mem)
     }
 }

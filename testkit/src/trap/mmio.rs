@@ -127,7 +127,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTarget<D, M, Q> {
         let mut level = self.transport.interrupt_asserted();
         for (i, _) in kicked.iter().enumerate().filter(|(_, k)| **k) {
             if let Ok(i) = u16::try_from(i) {
-                level = self.transport.process_queue(i);
+                level = self.transport.process_queue(i).irq;
             }
         }
         self.irq.set(level);
@@ -156,7 +156,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> TrapTarget for MmioTarget<
         if !matches!(width, 1 | 2 | 4 | 8) {
             self.refuse(offset, width, true);
         }
-        let level = self.transport.write(offset, width, value);
+        let level = self.transport.write(offset, width, value).irq;
         self.irq.set(level);
     }
 }
