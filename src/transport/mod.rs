@@ -170,7 +170,7 @@
 //! * after [`MmioTransport::resume`] (a restored state may hold a pending interrupt), send an
 //!   edge if the level is high.
 //!
-//! `tests/mmio_irq.rs` shows both cases. For PCI, INTx is level-sensitive by definition and
+//! `tests/mmio_events.rs` shows both cases. For PCI, INTx is level-sensitive by definition and
 //! each MSI-X message ([`PciOutcome::msix`]) is one edge already.
 
 mod core;
