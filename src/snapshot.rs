@@ -138,6 +138,12 @@ pub enum StateField {
     TransportVersion,
     /// A queue's setup error code.
     QueueSetup,
+    /// The PCI command register.
+    Command,
+    /// The PCI BAR address.
+    Bar,
+    /// The MSI-X state: vectors, table, pending bits, enable and mask, the vector count.
+    Msix,
 }
 
 /// Why a state could not be saved or restored.

@@ -242,6 +242,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         Ok(bytes.len().saturating_sub(rest.len()))
     }
 
+    /// The DMA permission a saved core states (`None` if its fields do not decode).
+    pub(crate) fn state_dma(&self, bytes: &[u8]) -> Option<bool> {
+        CoreFields::read_from_prefix(bytes)
+            .ok()
+            .map(|(f, _)| f.dma == 1)
+    }
+
     /// Apply a saved core that [`check_state`](Self::check_state) accepted: the core fields,
     /// then each queue in place (a queue's restore applies nothing on error; with the state
     /// checked and the guest stopped none fails).

@@ -137,6 +137,7 @@ mod common;
 mod config;
 pub mod layout;
 mod msix;
+pub mod state;
 
 pub use msix::{MsiMessage, MsixVectors, NO_VECTOR};
 

@@ -63,11 +63,11 @@ pub struct MsiMessage {
 
 /// One MSI-X table entry.
 #[derive(Clone, Copy, Debug)]
-struct Entry {
-    address: u64,
-    data: u32,
+pub(super) struct Entry {
+    pub(super) address: u64,
+    pub(super) data: u32,
     /// Vector Control bit 0. Every entry is masked at power-on (PCI 3.0 §6.8.2.9).
-    masked: bool,
+    pub(super) masked: bool,
 }
 
 impl Entry {
@@ -94,16 +94,16 @@ pub(super) struct Interrupts<const Q: usize, const V: usize> {
     /// ISR status (§4.1.4.5).
     pub(super) isr: u8,
     /// MSI-X enable and function mask, as in Message Control.
-    enabled: bool,
-    function_mask: bool,
+    pub(super) enabled: bool,
+    pub(super) function_mask: bool,
     /// Command register mirrors: bus master enable (no message without it), INTx disable.
     pub(super) bus_master: bool,
     pub(super) intx_disable: bool,
     pub(super) config_vector: u16,
     pub(super) queue_vectors: [u16; Q],
-    table: [Entry; V],
+    pub(super) table: [Entry; V],
     /// Pending bit array.
-    pending: u64,
+    pub(super) pending: u64,
     /// Vectors to send, collected during one access.
     fire: u64,
 }
