@@ -32,14 +32,16 @@
 //! # Packed chains
 //!
 //! A [`PackedChain`](crate::packed::PackedChain) is validated with the same per-buffer rules
-//! (the shared `ChainBudget`) when it is popped, and walked with the same [`DescriptorIter`]
-//! type; see [`packed`](crate::packed) for the packed-specific rules (sequential indirect
-//! tables, only WRITE meaningful inside them, INDIRECT never in a NEXT list).
+//! (the shared `ChainBudget`) when it is popped, and walked through the same [`DescriptorIter`]
+//! type; its walk lives next to its ring, in `packed::chain`, with the packed-specific rules
+//! (sequential indirect tables, only WRITE meaningful inside them, INDIRECT never in a NEXT
+//! list).
 
 use core::fmt;
 
 use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
-use crate::wire::{DescFlags, PackedDesc, SplitDesc, split_layout::DESC_SIZE};
+use crate::packed::PackedWalk;
+use crate::wire::{DescFlags, SplitDesc, split_layout::DESC_SIZE};
 
 /// A validated buffer of a chain: guest address, length and direction (§2.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -315,19 +317,6 @@ pub(crate) fn collect_into<M: GuestMemory + ?Sized, const N: usize>(
     Ok(())
 }
 
-/// What follows a packed chain's copied direct buffers in its walk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub(crate) enum PackedTail {
-    /// Nothing: the chain ends after its direct buffers.
-    End,
-    /// One indirect table, validated at pop (0 < entries <= size, the table is guest RAM),
-    /// whose entries are read in order when the chain is walked (§2.8.7).
-    Indirect { table: GuestAddress, entries: u16 },
-    /// The chain is malformed: the walk yields the buffers before the violation, then this.
-    Error(ChainError),
-}
-
 /// Iterator over a chain's validated descriptors; see [`DescriptorChain::iter`] and
 /// [`PackedChain::iter`](crate::packed::PackedChain::iter).
 #[derive(Debug)]
@@ -396,6 +385,14 @@ impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
         self.in_indirect = true;
         self.next = Some(0);
         Ok(())
+    }
+}
+
+impl<'m, M: ?Sized> DescriptorIter<'m, M> {
+    /// The walk of a packed chain (built in [`packed`](crate::packed), next to its ring).
+    #[inline]
+    pub(crate) const fn packed(walk: PackedWalk<'m, M>) -> Self {
+        DescriptorIter(Walk::Packed(walk))
     }
 }
 
@@ -476,164 +473,6 @@ impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
 }
 
 impl<M: GuestMemory + ?Sized> core::iter::FusedIterator for DescriptorIter<'_, M> {}
-
-/// A packed chain's contents as `PackedQueue::pop_avail` copied and validated them: the
-/// non-empty direct buffers, then what follows them.
-///
-/// `B` is `[Descriptor; N]` inside a [`PackedChain<N>`](crate::PackedChain); the queue and
-/// the walk see it unsized (`B = [Descriptor]`), so neither is generic over `N`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PackedBody<B: ?Sized = [Descriptor]> {
-    /// Buffers stored in `bufs` (a prefix; the rest is stale and never read).
-    len: u16,
-    pub(crate) tail: PackedTail,
-    bufs: B,
-}
-
-impl<const N: usize> PackedBody<[Descriptor; N]> {
-    pub(crate) const EMPTY: Self = Self {
-        len: 0,
-        tail: PackedTail::End,
-        bufs: [Descriptor::EMPTY; N],
-    };
-}
-
-impl PackedBody {
-    /// Forget the contents (the stale buffers past `len` are never read).
-    #[inline]
-    pub(crate) fn clear(&mut self) {
-        self.len = 0;
-        self.tail = PackedTail::End;
-    }
-
-    /// The stored buffers.
-    #[inline]
-    pub(crate) fn bufs(&self) -> &[Descriptor] {
-        self.bufs.get(..usize::from(self.len)).unwrap_or(&[])
-    }
-
-    /// Store one validated, non-empty direct buffer; [`ChainError::TooManySegments`] once the
-    /// storage is full.
-    #[inline]
-    pub(crate) fn push(&mut self, d: Descriptor) -> Result<(), ChainError> {
-        let slot = self
-            .bufs
-            .get_mut(usize::from(self.len))
-            .ok_or(ChainError::TooManySegments)?;
-        *slot = d;
-        // The `get_mut` above succeeded, so `len` < the storage length; a push that would take
-        // `len` past u16::MAX cannot happen either, since a chain has at most `size` <= 32768
-        // buffers (the budget refuses more before they are stored).
-        self.len = self.len.saturating_add(1);
-        Ok(())
-    }
-
-    /// Record the first violation; later ones are ignored.
-    #[inline]
-    pub(crate) fn fail(&mut self, e: ChainError) {
-        if !self.is_malformed() {
-            self.tail = PackedTail::Error(e);
-        }
-    }
-
-    #[inline]
-    pub(crate) const fn is_malformed(&self) -> bool {
-        matches!(self.tail, PackedTail::Error(_))
-    }
-}
-
-impl PartialEq for PackedBody {
-    /// Equal contents: the stored buffers and the tail (stale storage is not compared).
-    fn eq(&self, other: &Self) -> bool {
-        self.bufs() == other.bufs() && self.tail == other.tail
-    }
-}
-
-/// The packed-ring walk (§2.8.6, §2.8.7): the direct buffers copied at pop, then what follows
-/// them: nothing, an error, or one indirect table read entry by entry, in order. It borrows
-/// the chain, so it is no larger than the split walk.
-#[derive(Debug)]
-struct PackedWalk<'m, M: ?Sized> {
-    mem: &'m M,
-    body: &'m PackedBody,
-    /// Next copied buffer to yield.
-    pos: u16,
-    /// Next indirect table entry to read.
-    idx: u16,
-    done: bool,
-    budget: ChainBudget,
-}
-
-impl<'m, M: GuestMemory + ?Sized> DescriptorIter<'m, M> {
-    /// The walk of a packed chain; an indirect table gets a budget of `size` buffers.
-    pub(crate) fn packed(mem: &'m M, body: &'m PackedBody, size: u16) -> Self {
-        DescriptorIter(Walk::Packed(PackedWalk {
-            mem,
-            body,
-            pos: 0,
-            idx: 0,
-            done: false,
-            budget: ChainBudget::new(u32::from(size)),
-        }))
-    }
-}
-
-impl<M: GuestMemory + ?Sized> PackedWalk<'_, M> {
-    fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
-        self.done = true;
-        debug!("virtq: malformed packed chain: {}", e);
-        Some(Err(e))
-    }
-
-    fn next(&mut self) -> Option<Result<Descriptor, ChainError>> {
-        if self.done {
-            return None;
-        }
-        if let Some(d) = self.body.bufs().get(usize::from(self.pos)) {
-            self.pos = self.pos.saturating_add(1);
-            return Some(Ok(*d));
-        }
-        let (table, entries) = match self.body.tail {
-            PackedTail::End => {
-                self.done = true;
-                return None;
-            }
-            PackedTail::Error(e) => return self.fail(e),
-            PackedTail::Indirect { table, entries } => (table, entries),
-        };
-        // Every turn reads one table entry; at most `entries` (<= size) turns in all.
-        while self.idx < entries {
-            let i = self.idx;
-            self.idx = self.idx.saturating_add(1);
-            // `i < entries <= 32768`: the offset is far below u64::MAX; the table range was
-            // checked at pop.
-            let Some(addr) = table.checked_add(u64::from(i).saturating_mul(DESC_SIZE)) else {
-                return self.fail(ChainError::Memory(MemoryError::Overflow {
-                    addr: table.0,
-                    len: DESC_SIZE,
-                }));
-            };
-            // The one fetch of this entry, a packed descriptor (§2.8.13): `id` (ignored), and
-            // `flags`, of which only WRITE counts (PACKED-32). NEXT does not change the entry
-            // count (PACKED-35, H5n).
-            let desc: PackedDesc = match self.mem.read_obj(addr) {
-                Ok(d) => d,
-                Err(e) => return self.fail(ChainError::Memory(e)),
-            };
-            let writable = DescFlags::from_bits_retain(desc.flags.get()).contains(DescFlags::WRITE);
-            match self
-                .budget
-                .admit(self.mem, desc.addr.get(), desc.len.get(), writable)
-            {
-                Ok(Some(d)) => return Some(Ok(d)),
-                Ok(None) => {}
-                Err(e) => return self.fail(e),
-            }
-        }
-        self.done = true;
-        None
-    }
-}
 
 /// Where the walk is (feature `defmt`): the table and next entry of a split walk, the buffer
 /// and indirect entry of a packed one. Reads no guest memory.

@@ -36,10 +36,11 @@ pub mod state;
 use core::fmt;
 
 use crate::chain::{ChainError, DescriptorChain};
+use crate::drain::{Completion, DrainReport, DrainRing, drain_loop};
 use crate::error::{QueueError, Sticky};
 use crate::in_flight::{InFlight, SPLIT_WORDS};
 use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
-use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
+use crate::notify::need_event;
 use crate::wire::{
     AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
 };
