@@ -1,7 +1,7 @@
 //! The drain loop a device runs on every kick (§2.7.13, §2.7.10, §2.8.10): kicks off while
 //! working, a budget of work the device owns, one publication and one interrupt decision, and
 //! the re-enable with its re-check when the ring runs dry. One loop serves both ring formats
-//! through [`DrainRing`]; [`Queue::drain`](crate::Queue::drain) and
+//! through the crate-private `DrainRing` trait; [`Queue::drain`](crate::Queue::drain) and
 //! [`PackedQueue::drain`](crate::PackedQueue::drain) are its public faces.
 
 /// Result of [`Queue::drain`](crate::Queue::drain): what happened and what to do next.

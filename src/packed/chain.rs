@@ -11,7 +11,7 @@ use crate::wire::{DescFlags, PackedDesc, split_layout::DESC_SIZE};
 ///
 /// A packed chain's direct descriptors sit in ring slots that the device's own used descriptors
 /// overwrite as soon as another chain completes out of order (§2.8.6), so
-/// [`PackedQueue::pop_avail_into`] copies them into the chain when it pops it. A chain with
+/// [`PackedQueue::pop_avail_into`](super::PackedQueue::pop_avail_into) copies them into the chain when it pops it. A chain with
 /// more direct buffers than its storage holds yields the first `N` and then
 /// [`ChainError::TooManySegments`] (it is still consumed as a whole and can be completed).
 ///
@@ -57,14 +57,14 @@ impl ChainHead {
 }
 
 /// A chain popped from a packed ring (§2.8.6): its Buffer ID, the validated direct buffers
-/// copied out of the ring (room for `N`, default [`PACKED_DEFAULT_DIRECT`]), and, for an
+/// copied out of the ring (room for `N`, default [`PACKED_DEFAULT_DIRECT`](super::PACKED_DEFAULT_DIRECT)), and, for an
 /// indirect chain, its validated table.
 ///
 /// The packed counterpart of [`DescriptorChain`](crate::DescriptorChain), with the same
 /// methods. A `Copy` value that borrows neither the queue nor the memory: a device can keep it
 /// (posted receive buffers) and walk it later, since nothing in the ring is read again. It is
 /// `16 * N` bytes and a little more: on hot paths pop into reused storage with
-/// [`PackedQueue::pop_avail_into`] and pass it by reference (measured on one-descriptor
+/// [`PackedQueue::pop_avail_into`](super::PackedQueue::pop_avail_into) and pass it by reference (measured on one-descriptor
 /// chains, ring 256, `N` = 16: 35 ns per chain against 88 ns when popped by value).
 ///
 /// ```
@@ -109,7 +109,7 @@ impl<const N: usize> defmt::Format for PackedChain<N> {
 }
 
 impl PackedChain {
-    /// An empty chain with the default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers); for
+    /// An empty chain with the default storage ([`PACKED_DEFAULT_DIRECT`](super::PACKED_DEFAULT_DIRECT) direct buffers); for
     /// another `N`, use `PackedChain::<N>::EMPTY`.
     pub const fn new() -> Self {
         Self::EMPTY
@@ -123,7 +123,7 @@ impl<const N: usize> Default for PackedChain<N> {
 }
 
 impl<const N: usize> PackedChain<N> {
-    /// An empty chain: storage for [`PackedQueue::pop_avail_into`]. It cannot be completed
+    /// An empty chain: storage for [`PackedQueue::pop_avail_into`](super::PackedQueue::pop_avail_into). It cannot be completed
     /// and walks as empty.
     pub const EMPTY: Self = Self {
         head: ChainHead::EMPTY,

@@ -46,13 +46,13 @@
 //!
 //! As for the split ring, ring-level violations are *fatal* and sticky until
 //! [`PackedQueue::reset`]: a chain whose NEXT list runs into a descriptor that is not available
-//! ([`ChainError::Incomplete`], H15b), a NEXT list longer than the queue
-//! ([`ChainError::TooLong`], H15c), more descriptors in flight than the queue size
-//! ([`QueueError::TooManyInFlight`]) and a ring outside guest RAM. Nothing is consumed.
+//! ([`ChainError::Incomplete`](crate::ChainError::Incomplete), H15b), a NEXT list longer than the queue
+//! ([`ChainError::TooLong`](crate::ChainError::TooLong), H15c), more descriptors in flight than the queue size
+//! ([`QueueError::TooManyInFlight`](crate::QueueError::TooManyInFlight)) and a ring outside guest RAM. Nothing is consumed.
 //!
 //! A malformed chain whose extent and buffer ID are known (bad buffer address, readable after
 //! writable, bad indirect table, INDIRECT in a list or without the feature) is consumed and
-//! returned; walking it yields [`ChainError`] after the buffers before the violation, exactly
+//! returned; walking it yields [`ChainError`](crate::ChainError) after the buffers before the violation, exactly
 //! like a malformed split chain. The device completes it (typically with length 0) or calls
 //! [`PackedQueue::mark_broken`].
 //!

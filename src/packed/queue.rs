@@ -322,7 +322,7 @@ impl PackedQueue {
     }
 
     /// Take the next chain the driver made available (§2.8.21.1, device side), into a chain
-    /// with the default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers).
+    /// with the default storage ([`PACKED_DEFAULT_DIRECT`](super::PACKED_DEFAULT_DIRECT) direct buffers).
     ///
     /// `Ok(None)` means the next slot is not available (including a descriptor the device
     /// itself marked used, A = U, H15d). Otherwise the whole chain is read (each slot once, see
@@ -869,7 +869,7 @@ impl PackedQueue {
     /// the next slot's flags cannot keep the loop turning). On a
     /// broken queue this returns the sticky error in O(1).
     ///
-    /// Chains are popped into default storage ([`PACKED_DEFAULT_DIRECT`] direct buffers); use
+    /// Chains are popped into default storage ([`PACKED_DEFAULT_DIRECT`](super::PACKED_DEFAULT_DIRECT) direct buffers); use
     /// [`drain_into`](Self::drain_into) to choose it.
     pub fn drain<M, F>(
         &mut self,
