@@ -1,5 +1,5 @@
 //! [`PackedQueue`]: the device side of one packed virtqueue (§2.8); see the
-//! [module documentation](super) for the guest reads it makes, its barriers and its error policy.
+//! module documentation of [`packed`](super) for the guest reads it makes, its barriers and its error policy.
 
 use super::chain::{ChainHead, PackedBody, PackedChain, PackedTail};
 use super::event::desc_event_fires;
@@ -326,7 +326,7 @@ impl PackedQueue {
     ///
     /// `Ok(None)` means the next slot is not available (including a descriptor the device
     /// itself marked used, A = U, H15d). Otherwise the whole chain is read (each slot once, see
-    /// the [module documentation](self)), its buffers validated and copied into the returned
+    /// the [module documentation](super)), its buffers validated and copied into the returned
     /// chain, and the read cursor skips the chain's descriptors, flipping the driver wrap
     /// counter at the end of the ring. [`PackedChain::head_index`] is the Buffer ID of the
     /// chain's last descriptor (§2.8.6).
