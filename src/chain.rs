@@ -194,7 +194,7 @@ impl ChainBudget {
 
     /// Count one more buffer descriptor and validate it. Returns the descriptor to yield, or
     /// `None` for a zero-length one.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn admit<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -351,6 +351,7 @@ impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
     /// End the walk with `e`. Cold: a malformed chain is the rare case, so its paths are laid
     /// out away from the walk of a valid one.
     #[cold]
+    #[inline(never)]
     fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
         self.next = None;
         debug!("virtq: malformed chain: {}", e);
@@ -359,7 +360,7 @@ impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
 
     /// Switch the walk to the indirect table that descriptor (`addr`, `len`, `flags`) points
     /// to, after checking the INDIRECT rules on that one copy.
-    #[inline]
+    #[inline(never)]
     fn enter_indirect(&mut self, addr: u64, len: u32, flags: DescFlags) -> Result<(), ChainError> {
         if self.in_indirect {
             return Err(ChainError::NestedIndirect);
@@ -399,7 +400,7 @@ impl<'m, M: ?Sized> DescriptorIter<'m, M> {
 impl<M: GuestMemory + ?Sized> Iterator for DescriptorIter<'_, M> {
     type Item = Result<Descriptor, ChainError>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             Walk::Split(w) => w.next(),
@@ -409,7 +410,7 @@ impl<M: GuestMemory + ?Sized> Iterator for DescriptorIter<'_, M> {
 }
 
 impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Result<Descriptor, ChainError>> {
         // Every turn either returns or fetches one more descriptor; fetches are bounded by
         // `size` in the descriptor table plus the entry count of at most one indirect table.
