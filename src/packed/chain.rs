@@ -1,9 +1,8 @@
 //! A chain popped from a packed ring: its place in the ring, its copied buffers and its walk
 //! (§2.8.6, §2.8.7).
 
-use crate::chain::{ChainBudget, ChainError, Descriptor, DescriptorIter, collect_into};
-use crate::memory::{GuestAddress, GuestMemory, GuestMemoryExt, MemoryError};
-use crate::wire::{DescFlags, PackedDesc, split_layout::DESC_SIZE};
+use crate::chain::{ChainError, Descriptor, DescriptorIter, collect_into};
+use crate::memory::{GuestAddress, GuestMemory};
 
 /// The default number of non-empty *direct* buffers a [`PackedChain`] holds (the `N` of
 /// `PackedChain<N>` when it is not named): a device cap on chain length (PACKED-25, §2.8.5)
@@ -161,7 +160,7 @@ impl<const N: usize> PackedChain<N> {
     /// now, one 16-byte entry per table entry, in order. The iterator borrows the chain.
     #[inline]
     pub fn iter<'a, M: GuestMemory + ?Sized>(&'a self, mem: &'a M) -> DescriptorIter<'a, M> {
-        DescriptorIter::packed(PackedWalk::new(mem, self.body(), self.head.size))
+        DescriptorIter::packed(mem, self.body(), self.head.size)
     }
 
     /// Walk and validate the whole chain into `out` (cleared first; left empty on error), as
@@ -265,95 +264,40 @@ impl PackedBody {
     }
 }
 
+/// One step of a packed chain's walk over what its pop copied (§2.8.6, §2.8.7): the next
+/// direct buffer, then what follows them.
+pub(crate) enum PackedStep {
+    /// A copied, validated, non-empty buffer.
+    Buffer(Descriptor),
+    /// The chain ends here.
+    End,
+    /// The chain is malformed here.
+    Error(ChainError),
+    /// The chain continues in this indirect table (validated at pop), read entry by entry, in
+    /// order, by the shared walk.
+    Table { table: GuestAddress, entries: u16 },
+}
+
+impl PackedBody {
+    /// The walk's step at copied buffer `pos` (advanced past a buffer it returns). Inline:
+    /// the iterator calling it stays in registers.
+    #[inline(always)]
+    pub(crate) fn step(&self, pos: &mut u16) -> PackedStep {
+        if let Some(d) = self.bufs().get(usize::from(*pos)) {
+            *pos = pos.saturating_add(1);
+            return PackedStep::Buffer(*d);
+        }
+        match self.tail {
+            PackedTail::End => PackedStep::End,
+            PackedTail::Error(e) => PackedStep::Error(e),
+            PackedTail::Indirect { table, entries } => PackedStep::Table { table, entries },
+        }
+    }
+}
+
 impl PartialEq for PackedBody {
     /// Equal contents: the stored buffers and the tail (stale storage is not compared).
     fn eq(&self, other: &Self) -> bool {
         self.bufs() == other.bufs() && self.tail == other.tail
-    }
-}
-
-/// The packed-ring walk (§2.8.6, §2.8.7): the direct buffers copied at pop, then what follows
-/// them: nothing, an error, or one indirect table read entry by entry, in order. It borrows
-/// the chain, so it is no larger than the split walk.
-#[derive(Debug)]
-pub(crate) struct PackedWalk<'m, M: ?Sized> {
-    mem: &'m M,
-    body: &'m PackedBody,
-    /// Next copied buffer to yield.
-    pub(crate) pos: u16,
-    /// Next indirect table entry to read.
-    pub(crate) idx: u16,
-    pub(crate) done: bool,
-    budget: ChainBudget,
-}
-
-impl<'m, M: GuestMemory + ?Sized> PackedWalk<'m, M> {
-    /// The walk of a packed chain; an indirect table gets a budget of `size` buffers.
-    pub(crate) const fn new(mem: &'m M, body: &'m PackedBody, size: u16) -> Self {
-        Self {
-            mem,
-            body,
-            pos: 0,
-            idx: 0,
-            done: false,
-            budget: ChainBudget::new(size as u32),
-        }
-    }
-
-    #[cold]
-    fn fail(&mut self, e: ChainError) -> Option<Result<Descriptor, ChainError>> {
-        self.done = true;
-        debug!("virtq: malformed packed chain: {}", e);
-        Some(Err(e))
-    }
-
-    #[inline]
-    pub(crate) fn next(&mut self) -> Option<Result<Descriptor, ChainError>> {
-        if self.done {
-            return None;
-        }
-        if let Some(d) = self.body.bufs().get(usize::from(self.pos)) {
-            self.pos = self.pos.saturating_add(1);
-            return Some(Ok(*d));
-        }
-        let (table, entries) = match self.body.tail {
-            PackedTail::End => {
-                self.done = true;
-                return None;
-            }
-            PackedTail::Error(e) => return self.fail(e),
-            PackedTail::Indirect { table, entries } => (table, entries),
-        };
-        // Every turn reads one table entry; at most `entries` (<= size) turns in all.
-        while self.idx < entries {
-            let i = self.idx;
-            self.idx = self.idx.saturating_add(1);
-            // `i < entries <= 32768`: the offset is far below u64::MAX; the table range was
-            // checked at pop.
-            let Some(addr) = table.checked_add(u64::from(i).saturating_mul(DESC_SIZE)) else {
-                return self.fail(ChainError::Memory(MemoryError::Overflow {
-                    addr: table.0,
-                    len: DESC_SIZE,
-                }));
-            };
-            // The one fetch of this entry, a packed descriptor (§2.8.13): `id` (ignored), and
-            // `flags`, of which only WRITE counts (PACKED-32). NEXT does not change the entry
-            // count (PACKED-35, H5n).
-            let desc: PackedDesc = match self.mem.read_obj(addr) {
-                Ok(d) => d,
-                Err(e) => return self.fail(ChainError::Memory(e)),
-            };
-            let writable = DescFlags::from_bits_retain(desc.flags.get()).contains(DescFlags::WRITE);
-            match self
-                .budget
-                .admit(self.mem, desc.addr.get(), desc.len.get(), writable)
-            {
-                Ok(Some(d)) => return Some(Ok(d)),
-                Ok(None) => {}
-                Err(e) => return self.fail(e),
-            }
-        }
-        self.done = true;
-        None
     }
 }

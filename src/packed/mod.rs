@@ -69,6 +69,6 @@ pub mod layout;
 mod queue;
 pub mod state;
 
-pub(crate) use chain::PackedWalk;
 pub use chain::{PACKED_DEFAULT_DIRECT, PackedChain};
+pub(crate) use chain::{PackedBody, PackedStep};
 pub use queue::PackedQueue;

@@ -330,32 +330,31 @@ impl<const W: usize> Queue<W> {
         self.revalidate()
     }
 
-    /// A sufficient condition for [`is_valid`](Self::is_valid), checked on every call with no
-    /// branch per field and no copy of the configuration kept to compare with: ready, a power
-    /// of two no larger than `max_size` (and the capacity), every address non-zero, aligned
-    /// and at most 2⁶⁴ − 2²⁰, below which no ring of a queue of ≤ 32768 descriptors (at most
-    /// 2¹⁹ bytes each) can wrap. A configuration it refuses is judged by `is_valid` (only rings
-    /// in the top MiB of the address space get that far and pass).
+    /// A sufficient condition for [`is_valid`](Self::is_valid), checked on every call with few
+    /// branches and no copy of the configuration kept to compare with: ready, a power of two no
+    /// larger than `max_size` (and the capacity), every address aligned and in `1..=2⁶³`,
+    /// where no ring of a queue of ≤ 32768 descriptors (at most 2¹⁹ bytes each) can wrap. A
+    /// configuration it refuses is judged by `is_valid` (only rings above 2⁶³ get that far and
+    /// pass).
     #[inline(always)]
     fn quick_valid(&self) -> bool {
-        const TOP: u64 = u64::MAX - (1 << 20);
-        let s = self.size;
         let (d, a, u) = (
             self.desc_table_addr.0,
             self.avail_ring_addr.0,
             self.used_ring_addr.0,
         );
-        let align = (d & (layout::DESC_ALIGN - 1))
+        // Bit 63 of `x - 1` is set for 0 and for addresses above 2^63; the low bits are the
+        // alignment (§2.7 table: 16, 2, 4).
+        let out = (d.wrapping_sub(1) | a.wrapping_sub(1) | u.wrapping_sub(1)) >> 63;
+        let misaligned = (d & (layout::DESC_ALIGN - 1))
             | (a & (layout::AVAIL_ALIGN - 1))
             | (u & (layout::USED_ALIGN - 1));
-        self.ready
-            & s.is_power_of_two()
-            & (s <= self.max_size)
-            & (s <= Self::CAPACITY)
-            & (d.wrapping_sub(1) < TOP)
-            & (a.wrapping_sub(1) < TOP)
-            & (u.wrapping_sub(1) < TOP)
-            & (align == 0)
+        let s = self.size;
+        (out | misaligned) == 0
+            && self.ready
+            && s.is_power_of_two()
+            && s <= self.max_size
+            && s <= Self::CAPACITY
     }
 
     /// The owner moved a public cursor (a restore by hand): what the queue derived from the old
@@ -405,7 +404,7 @@ impl<const W: usize> Queue<W> {
     /// Number of chains the driver has made available beyond `next_avail_idx`, reading
     /// `avail.idx` only when the last value read is used up. Fatal if the index ran more than
     /// `size` ahead (H1).
-    #[inline]
+    #[inline(always)]
     fn pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         // Entries seen at the last read and not yet taken. The cursor never passes the shadow
         // (a pop takes an entry only when one is known), and `usable` reset the shadow if the
@@ -479,7 +478,7 @@ impl<const W: usize> Queue<W> {
     /// kick never sleeps on work the driver will not kick for.
     ///
     /// Fatal errors (see [`QueueError`]) are raised before the offending entry is consumed.
-    #[inline]
+    #[inline(always)]
     pub fn pop_avail<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -533,7 +532,7 @@ impl<const W: usize> Queue<W> {
     /// so it cannot clamp it. Take it from
     /// [`ChainWriter::bytes_written`](crate::io::ChainWriter::bytes_written), which never
     /// exceeds the chain's writable bytes.
-    #[inline]
+    #[inline(always)]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -545,7 +544,7 @@ impl<const W: usize> Queue<W> {
     }
 
     /// `add_used` after the entry check ([`usable`](Self::usable)), which the caller made.
-    #[inline]
+    #[inline(always)]
     fn write_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -575,14 +574,14 @@ impl<const W: usize> Queue<W> {
 
     /// Publish every used element added since the last publication: release fence, then one
     /// store of `used.idx` (§2.7.8.2). Returns how many elements were published.
-    #[inline]
+    #[inline(always)]
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.usable()?;
         self.store_used_idx(mem)
     }
 
     /// `publish_used` after the entry check ([`usable`](Self::usable)), which the caller made.
-    #[inline]
+    #[inline(always)]
     fn store_used_idx<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         let count = self.next_used_idx.wrapping_sub(self.published_used_idx);
         if count == 0 {
@@ -602,7 +601,7 @@ impl<const W: usize> Queue<W> {
     /// Complete one chain: write its used element, then publish `used.idx` (§2.7.8).
     ///
     /// Rejects `head_index >= size` and heads not in flight without writing anything.
-    #[inline]
+    #[inline(always)]
     pub fn push_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -874,7 +873,7 @@ mod tests {
     }
 
     /// `quick_valid` never accepts what `is_valid` refuses, and refuses a valid configuration
-    /// only with a ring in the top MiB of the address space.
+    /// only with a ring above 2⁶³.
     #[test]
     fn quick_validity_implies_validity() {
         let addrs = [
@@ -887,6 +886,8 @@ mod tests {
             0x1000,
             0x1002,
             0x1004,
+            1 << 63,
+            (1 << 63) + 16,
             u64::MAX - (1 << 20),
             u64::MAX - (1 << 20) + 16,
             u64::MAX - 15,
@@ -913,10 +914,7 @@ mod tests {
                             if q.quick_valid() {
                                 assert!(q.is_valid(), "{q:?}");
                             } else if q.is_valid() {
-                                assert!(
-                                    [d, a, u].iter().any(|&x| x > u64::MAX - (1 << 20)),
-                                    "{q:?}"
-                                );
+                                assert!([d, a, u].iter().any(|&x| x > 1 << 63), "{q:?}");
                             }
                         }
                     }
