@@ -10,10 +10,9 @@
 //!
 //! [`PackedQueue::pop_avail`] reads each byte of each ring slot of a chain of `n` descriptors
 //! exactly once: its flags word as one single-copy-atomic 16-bit load, then (after an acquire
-//! fence that follows the first flags load) `addr` as one 8-byte copy and `len` (two halves)
-//! and `id` as 16-bit loads. (A single 14-byte copy ends in byte accesses that defeat store
-//! forwarding on x86: 69 against 51 ns per one-descriptor chain, measured.) Every
-//! check applies to these copies: availability, chain extent, buffer ID (from the *last*
+//! fence that follows the first flags load) `addr`, `len` and `id` as one 14-byte copy (one
+//! range check; [`HostRegion`](crate::memory::HostRegion) moves it as seven 16-bit loads).
+//! Every check applies to these copies: availability, chain extent, buffer ID (from the *last*
 //! descriptor, §2.8.6), buffer ranges, direction order and total length. The validated direct
 //! buffers are copied into the returned [`PackedChain<N>`] (at most `N` of them, a cap the
 //! device chooses, default [`PACKED_DEFAULT_DIRECT`]), because a used descriptor of another

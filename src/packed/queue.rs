@@ -10,7 +10,6 @@ use crate::error::{QueueError, Sticky};
 use crate::in_flight::{InFlight, SPLIT_WORDS};
 use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
 use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
-use zerocopy::little_endian::U64;
 
 /// The device side of one packed virtqueue (§2.8).
 ///
@@ -227,10 +226,54 @@ impl PackedQueue {
     }
 
     /// Common entry check: O(1) for a broken or unconfigured queue.
-    #[inline]
+    #[inline(always)]
     pub(super) fn usable(&mut self) -> Result<(), QueueError> {
-        self.error.check()?;
         self.follow_used_cursor();
+        self.valid()
+    }
+
+    /// Not broken, and the configuration [`is_valid`](Self::is_valid): judged by
+    /// [`quick_valid`](Self::quick_valid), and by `is_valid` itself only where that is not sure.
+    #[inline(always)]
+    pub(super) fn valid(&self) -> Result<(), QueueError> {
+        self.error.check()?;
+        if self.quick_valid() {
+            return Ok(());
+        }
+        self.revalidate()
+    }
+
+    /// A sufficient condition for [`is_valid`](Self::is_valid) in a few register operations:
+    /// ready, `1 <= size <= max_size <= 32768`, both cursors below `size`, every area aligned
+    /// (16, 4, 4) and at an address in `1..=2⁶³`, where no area of a queue of ≤ 32768
+    /// descriptors (at most 2¹⁹ bytes) can wrap. A configuration it refuses is judged by
+    /// `is_valid` (only areas above 2⁶³ get that far and pass).
+    #[inline(always)]
+    pub(super) fn quick_valid(&self) -> bool {
+        let (d, dr, dv) = (
+            self.desc_ring_addr.0,
+            self.driver_event_addr.0,
+            self.device_event_addr.0,
+        );
+        // Bit 63 of `x - 1` is set for 0 and for addresses above 2^63 (PACKED-04 alignment in
+        // the low bits).
+        let out = (d.wrapping_sub(1) | dr.wrapping_sub(1) | dv.wrapping_sub(1)) >> 63;
+        let misaligned = (d & (layout::DESC_ALIGN - 1))
+            | (dr & (layout::EVENT_ALIGN - 1))
+            | (dv & (layout::EVENT_ALIGN - 1));
+        let s = self.size;
+        (out | misaligned) == 0
+            && self.ready
+            && s != 0
+            && s <= self.max_size
+            && s <= MAX_QUEUE_SIZE
+            && self.next_avail_idx < s
+            && self.next_used_idx < s
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn revalidate(&self) -> Result<(), QueueError> {
         if self.is_valid() {
             Ok(())
         } else {
@@ -353,6 +396,7 @@ impl PackedQueue {
     /// nor moves one), and the one that chooses the chain-length cap: the chain holds `N`
     /// direct buffers; a longer direct chain is consumed whole and its walk reports
     /// [`ChainError::TooManySegments`] after the first `N` buffers (PACKED-25).
+    #[inline]
     pub fn pop_avail_into<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
@@ -371,6 +415,7 @@ impl PackedQueue {
     }
 
     /// The pop itself, not generic over the chain's storage size.
+    #[inline]
     pub(super) fn pop_into<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -461,9 +506,9 @@ impl PackedQueue {
     }
 
     /// Copy bytes 0..14 of descriptor `slot` (everything but the flags word, which was read
-    /// first), each byte once: `addr` as one 8-byte copy, `len` and `id` as three 16-bit loads.
-    /// A guest that changes `len` meanwhile gets a mix of its two values, which is just another
-    /// value it could have written: it is validated like any other.
+    /// first) in one access: `addr`, `len` and `id`, each byte once. A guest that changes them
+    /// meanwhile gets a mix of its two values, which is just another value it could have
+    /// written: it is validated like any other.
     #[inline]
     pub(super) fn read_body<M: GuestMemory + ?Sized>(
         &self,
@@ -476,22 +521,7 @@ impl PackedQueue {
                 addr: self.desc_ring_addr.0,
                 len: layout::DESC_SIZE,
             })?;
-        let at = |off: u64| {
-            base.checked_add(off)
-                .ok_or(crate::memory::MemoryError::Overflow {
-                    addr: base.0,
-                    len: off,
-                })
-        };
-        let addr: U64 = mem.read_obj(base)?;
-        let len_lo = mem.load_u16(at(8)?)?;
-        let len_hi = mem.load_u16(at(10)?)?;
-        let id = mem.load_u16(at(12)?)?;
-        Ok(DescBody {
-            addr,
-            len: (u32::from(len_hi) << 16 | u32::from(len_lo)).into(),
-            id: id.into(),
-        })
+        mem.read_obj(base)
     }
 
     /// Validate one copied descriptor (the `hops`-th of its chain) into `out`.
@@ -544,11 +574,9 @@ impl PackedQueue {
 
     /// Check that `chain` was popped from this queue (since the last reset) and is accounted
     /// in flight.
+    #[inline(always)]
     pub(super) fn check_owned(&self, chain: &ChainHead) -> Result<(), QueueError> {
-        self.error.check()?;
-        if !self.is_valid() {
-            return Err(QueueError::NotReady);
-        }
+        self.valid()?;
         if chain.generation != self.generation
             || chain.ring != self.desc_ring_addr
             || chain.count == 0
@@ -562,6 +590,7 @@ impl PackedQueue {
 
     /// Write one used descriptor at the used cursor and skip `count` slots. The flags word of
     /// the first descriptor since the last publication is held back for `publish_used`.
+    #[inline]
     pub(super) fn write_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -625,6 +654,7 @@ impl PackedQueue {
     /// changed them), so it cannot clamp it. Take it from
     /// [`ChainWriter::bytes_written`](crate::io::ChainWriter::bytes_written), which never exceeds
     /// the chain's writable bytes.
+    #[inline]
     pub fn add_used<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
@@ -635,6 +665,7 @@ impl PackedQueue {
     }
 
     /// [`add_used`](Self::add_used), not generic over the chain's storage size.
+    #[inline]
     pub(super) fn add_used_head<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -694,8 +725,15 @@ impl PackedQueue {
     /// Publish every used descriptor added since the last publication: release fence, then
     /// the flags store of the first of them (PACKED-20, PACKED-41). Returns how many used
     /// descriptors were published.
+    #[inline]
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.usable()?;
+        self.publish_held(mem)
+    }
+
+    /// `publish_used` after the entry check, which the caller made.
+    #[inline(always)]
+    fn publish_held<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         let Some((slot, flags)) = self.held else {
             return Ok(0);
         };
@@ -718,14 +756,17 @@ impl PackedQueue {
     }
 
     /// Complete one chain: write its used descriptor, then publish it (§2.8.21.2).
+    #[inline]
     pub fn push_used<M: GuestMemory + ?Sized, const N: usize>(
         &mut self,
         mem: &M,
         chain: &PackedChain<N>,
         bytes_written: u32,
     ) -> Result<(), QueueError> {
+        // One entry check covers both steps (`add_used` makes it, and nothing between them
+        // changes the configuration; a failed write records its error and returns first).
         self.add_used(mem, chain, bytes_written)?;
-        self.publish_used(mem).map(|_| ())
+        self.publish_held(mem).map(|_| ())
     }
 
     /// Whether the driver must be interrupted now for the used descriptors published since the
