@@ -67,6 +67,7 @@ pub(crate) trait DrainRing<M: crate::GuestMemory + ?Sized, C> {
 /// does not find (a guest toggling a flags word, or `avail.idx` moving back and forth) costs a
 /// unit like a chain, so at most `budget + 1` re-enables happen per call whatever the guest
 /// does, and a call whose budget the re-checks used up reports `more`.
+#[inline(always)]
 pub(crate) fn drain_loop<M, C, R, F>(
     ring: &mut R,
     mem: &M,

@@ -912,6 +912,7 @@ impl PackedQueue {
     ///
     /// Chains are popped into default storage ([`PACKED_DEFAULT_DIRECT`](super::PACKED_DEFAULT_DIRECT) direct buffers); use
     /// [`drain_into`](Self::drain_into) to choose it.
+    #[inline]
     pub fn drain<M, F>(
         &mut self,
         mem: &M,
@@ -930,6 +931,7 @@ impl PackedQueue {
     /// device's cap on direct buffers per chain, see [`pop_avail_into`](Self::pop_avail_into)).
     /// A [`Completion::Deferred`] chain must be copied out of `chain` by the handler before it
     /// returns, since the next pop overwrites it.
+    #[inline]
     pub fn drain_into<M, F, const N: usize>(
         &mut self,
         mem: &M,
@@ -946,27 +948,35 @@ impl PackedQueue {
 }
 
 impl<M: GuestMemory + ?Sized, const N: usize> DrainRing<M, PackedChain<N>> for PackedQueue {
+    #[inline(always)]
     fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
         self.disable_notification(mem)
     }
+    #[inline(always)]
     fn kicks_on(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.enable_notification(mem)
     }
+    #[inline(always)]
     fn pending(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.has_pending(mem)
     }
+    #[inline(always)]
     fn pop(&mut self, mem: &M, chain: &mut PackedChain<N>) -> Result<bool, QueueError> {
         self.pop_avail_into(mem, chain)
     }
+    #[inline(always)]
     fn complete(&mut self, mem: &M, chain: &PackedChain<N>, len: u32) -> Result<(), QueueError> {
         self.add_used(mem, chain, len)
     }
+    #[inline(always)]
     fn stop(&mut self, e: ChainError) {
         self.mark_broken(e);
     }
+    #[inline(always)]
     fn publish(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.publish_used(mem)
     }
+    #[inline(always)]
     fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.needs_notification(mem)
     }

@@ -765,6 +765,7 @@ impl<const W: usize> Queue<W> {
     /// queue this returns the sticky error in O(1).
     ///
     /// `handle` gets each chain and says what to do with it ([`Completion`]).
+    #[inline]
     pub fn drain<M, F>(
         &mut self,
         mem: &M,
@@ -783,27 +784,35 @@ impl<const W: usize> Queue<W> {
 }
 
 impl<M: GuestMemory + ?Sized, const W: usize> DrainRing<M, DescriptorChain> for Queue<W> {
+    #[inline(always)]
     fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
         self.disable_notification(mem)
     }
+    #[inline(always)]
     fn kicks_on(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.enable_notification(mem)
     }
+    #[inline(always)]
     fn pending(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.has_pending(mem)
     }
+    #[inline(always)]
     fn pop(&mut self, mem: &M, chain: &mut DescriptorChain) -> Result<bool, QueueError> {
         Ok(self.pop_avail(mem)?.map(|c| *chain = c).is_some())
     }
+    #[inline(always)]
     fn complete(&mut self, mem: &M, chain: &DescriptorChain, len: u32) -> Result<(), QueueError> {
         self.add_used(mem, chain.head_index(), len)
     }
+    #[inline(always)]
     fn stop(&mut self, e: ChainError) {
         self.mark_broken(e);
     }
+    #[inline(always)]
     fn publish(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.publish_used(mem)
     }
+    #[inline(always)]
     fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.needs_notification(mem)
     }
