@@ -465,10 +465,7 @@ fn serve_virtq_batched<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> u16 {
 /// The walk every implementation makes: fold each buffer's address into `acc`, return the
 /// writable bytes.
 #[inline(always)]
-fn walk_virtq<M: GuestMemory + ?Sized>(
-    chain: virtq::DescriptorIter<'_, M>,
-    acc: &mut u64,
-) -> u32 {
+fn walk_virtq<M: GuestMemory + ?Sized>(chain: virtq::DescriptorIter<'_, M>, acc: &mut u64) -> u32 {
     let mut written = 0u32;
     for d in chain {
         let d = d.expect("valid chain");
@@ -524,7 +521,7 @@ fn serve_idle_split<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> bool {
 /// The same on a packed ring.
 #[inline(never)]
 fn serve_idle_packed<M: GuestMemory + ?Sized>(q: &mut PackedQueue, mem: &M) -> bool {
-    let mut chain = virtq::packed::PackedChain::<1>::EMPTY;
+    let mut chain = virtq::packed::PackedChain::new();
     q.pop_avail_into(mem, &mut chain).expect("pop")
 }
 

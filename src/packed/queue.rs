@@ -226,7 +226,7 @@ impl PackedQueue {
     }
 
     /// Common entry check: O(1) for a broken or unconfigured queue.
-    #[inline(always)]
+    #[inline]
     pub(super) fn usable(&mut self) -> Result<(), QueueError> {
         self.follow_used_cursor();
         self.valid()
@@ -234,7 +234,7 @@ impl PackedQueue {
 
     /// Not broken, and the configuration [`is_valid`](Self::is_valid): judged by
     /// [`quick_valid`](Self::quick_valid), and by `is_valid` itself only where that is not sure.
-    #[inline(always)]
+    #[inline]
     pub(super) fn valid(&self) -> Result<(), QueueError> {
         self.error.check()?;
         if self.quick_valid() {
@@ -248,7 +248,7 @@ impl PackedQueue {
     /// (16, 4, 4) and at an address in `1..=2⁶³`, where no area of a queue of ≤ 32768
     /// descriptors (at most 2¹⁹ bytes) can wrap. A configuration it refuses is judged by
     /// `is_valid` (only areas above 2⁶³ get that far and pass).
-    #[inline(always)]
+    #[inline]
     pub(super) fn quick_valid(&self) -> bool {
         let (d, dr, dv) = (
             self.desc_ring_addr.0,
@@ -574,7 +574,7 @@ impl PackedQueue {
 
     /// Check that `chain` was popped from this queue (since the last reset) and is accounted
     /// in flight.
-    #[inline(always)]
+    #[inline]
     pub(super) fn check_owned(&self, chain: &ChainHead) -> Result<(), QueueError> {
         self.valid()?;
         if chain.generation != self.generation

@@ -318,7 +318,7 @@ impl<const W: usize> Queue<W> {
     /// Common entry check: O(1) for a broken or unconfigured queue, and a handful of
     /// register operations for a configured one ([`quick_valid`](Self::quick_valid), with the
     /// full [`is_valid`](Self::is_valid) only where that is not sure).
-    #[inline(always)]
+    #[inline]
     fn usable(&mut self) -> Result<(), QueueError> {
         self.error.check()?;
         if self.next_avail_idx != self.avail_cursor || self.next_used_idx != self.used_cursor {
@@ -336,7 +336,7 @@ impl<const W: usize> Queue<W> {
     /// where no ring of a queue of ≤ 32768 descriptors (at most 2¹⁹ bytes each) can wrap. A
     /// configuration it refuses is judged by `is_valid` (only rings above 2⁶³ get that far and
     /// pass).
-    #[inline(always)]
+    #[inline]
     fn quick_valid(&self) -> bool {
         let (d, a, u) = (
             self.desc_table_addr.0,
@@ -354,7 +354,8 @@ impl<const W: usize> Queue<W> {
             && self.ready
             && s.is_power_of_two()
             && s <= self.max_size
-            && s <= Self::CAPACITY
+            // Folded away for the default bitmap, which holds every head.
+            && (Self::CAPACITY == MAX_QUEUE_SIZE || s <= Self::CAPACITY)
     }
 
     /// The owner moved a public cursor (a restore by hand): what the queue derived from the old
