@@ -580,10 +580,11 @@ mod tests {
     use super::*;
     use crate::memory::RegionTable;
 
-    /// Both walks share one small iterator, which a device loop keeps in registers.
+    /// Both walks share one iterator, no larger than the split walk alone was (64 bytes on a
+    /// 64-bit target), which a device loop keeps in registers.
     #[test]
     fn the_iterator_is_small() {
         let i = size_of::<DescriptorIter<'_, RegionTable<1>>>();
-        assert!(i <= 56, "iter {i}");
+        assert!(i <= 64, "iter {i}");
     }
 }
