@@ -66,6 +66,7 @@ per_chain() { # $1 = exe, $2 = impl, $3 = workload
     awk -v a="$a" -v b="$b" -v n=$(((n2 - n1) * $(chains "$3"))) 'BEGIN { printf "%.0f", (b - a) / n }'
 }
 
+label_of() { case $1 in default) echo "bench (release)" ;; lto) echo "LTO fat, 1 CGU" ;; *) echo "$1" ;; esac; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 impls=(raw raw-checked-hoisted virtq virtq-packed virtq-regions virtq-batched virtq-drain virtq-hand rust-vmm)
@@ -91,9 +92,7 @@ echo
 echo "| profile | workload | raw | raw checked hoisted | virtq | virtq / hoisted | packed | packed / virtq | RegionTable | RegionTable / virtq | batched | drain | drain / hand | rust-vmm | rust-vmm / virtq |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for p in $profiles; do
-    label=$p
-    [ "$p" = default ] && label="bench (release)"
-    [ "$p" = lto ] && label="LTO fat, 1 CGU"
+    label=$(label_of "$p")
     for w in A B C; do
         g() { echo "${ic[$p,$w,$1]}"; }
         echo "| $label | $w | $(g raw) | $(g raw-checked-hoisted) | $(g virtq) | $(ratio "$(g virtq)" "$(g raw-checked-hoisted)") | $(g virtq-packed) | $(ratio "$(g virtq-packed)" "$(g virtq)") | $(g virtq-regions) | $(ratio "$(g virtq-regions)" "$(g virtq)") | $(g virtq-batched) | $(g virtq-drain) | $(ratio "$(g virtq-drain)" "$(g virtq-hand)") | $(g rust-vmm) | $(ratio "$(g rust-vmm)" "$(g virtq)") |"
@@ -105,8 +104,5 @@ echo
 echo "| profile | split | split, EVENT_IDX (re-arm) | packed | packed, EVENT_IDX (re-arm) |"
 echo "|---|---:|---:|---:|---:|"
 for p in $profiles; do
-    label=$p
-    [ "$p" = default ] && label="bench (release)"
-    [ "$p" = lto ] && label="LTO fat, 1 CGU"
-    echo "| $label | ${ic[$p,idle,split-plain]} | ${ic[$p,idle,split-event-idx]} | ${ic[$p,idle,packed-plain]} | ${ic[$p,idle,packed-event-idx]} |"
+    echo "| $(label_of "$p") | ${ic[$p,idle,split-plain]} | ${ic[$p,idle,split-event-idx]} | ${ic[$p,idle,packed-plain]} | ${ic[$p,idle,packed-event-idx]} |"
 done

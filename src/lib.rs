@@ -23,6 +23,8 @@
 //! | [`split`] | [`Queue`], the split virtqueue (§2.7) |
 //! | [`packed`] | [`PackedQueue`], the packed virtqueue (§2.8), same shape of API |
 //! | [`chain`] | [`DescriptorChain`], validated [`Descriptor`]s and the chain walk |
+//! | [`drain`] | the drain loop both queues run on a kick ([`Queue::drain`], [`PackedQueue::drain`]) |
+//! | [`notify`] | the EVENT_IDX window test both rings share |
 //! | [`io`] | [`Reader`] / [`Writer`]: byte streams over a chain's buffers, exact used length |
 //! | [`memory`] | [`GuestAddress`], [`GuestMemory`] and the provided accessors |
 //! | [`wire`] | little-endian layouts of the ring structures, flag words, feature bits |

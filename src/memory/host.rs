@@ -93,20 +93,6 @@ impl HostRegion {
         })
     }
 
-    /// A region over `words` zeroed 64-bit words of leaked heap memory: a safe constructor for
-    /// the unit tests of modules that forbid `unsafe` (the memory lives for the rest of the
-    /// test process and nothing else touches it).
-    #[cfg(test)]
-    pub(crate) fn leaked(guest_base: GuestAddress, words: usize) -> Self {
-        extern crate std;
-        let buf: &'static mut [u64] = std::vec![0u64; words].leak();
-        let len = buf.len().saturating_mul(8);
-        let host = NonNull::from(buf).cast::<u8>();
-        // SAFETY: `buf` is leaked, so it stays valid for reads and writes for ever, and this
-        // region is the only thing that ever accesses it.
-        unsafe { Self::new(guest_base, host, len) }.unwrap_or_else(|_| unreachable!())
-    }
-
     /// First guest-physical address of the region.
     pub const fn guest_base(&self) -> GuestAddress {
         self.guest_base

@@ -156,7 +156,7 @@ const fn floor_pow2(v: u16) -> u16 {
 /// ```
 /// use virtq::split::{Queue, in_flight_words};
 /// let q = Queue::<{ in_flight_words(256) }>::with_capacity(256);
-/// assert_eq!((q.max_size, size_of_val(&q.clone()) < 128), (256, true));
+/// assert_eq!((q.max_size, size_of_val(&q.clone()) <= 128), (256, true));
 /// ```
 pub const fn in_flight_words(max_size: u16) -> usize {
     let words = (max_size as usize).div_ceil(64);
@@ -189,8 +189,8 @@ impl<const W: usize> Queue<W> {
         }
     };
 
-    /// A queue that accepts up to `max_size` descriptors, clamped to a power of two no larger
-    /// than [`CAPACITY`](Self::CAPACITY) (`64 * W`, at most 32768), with an in-flight bitmap of
+    /// A queue that accepts up to `max_size` descriptors (§4.2.2 `QueueNumMax`), clamped to a
+    /// power of two no larger than [`CAPACITY`](Self::CAPACITY) (`64 * W`, at most 32768), with an in-flight bitmap of
     /// `W` words: `Queue::<W>::with_capacity(max_size)` is `Queue::new(max_size)` with storage
     /// sized by the caller. `size` starts at `max_size`; everything else is zero and the queue is
     /// not ready.
@@ -903,6 +903,11 @@ mod tests {
             u64::MAX - 15,
             u64::MAX,
         ];
+        // Every triple natively; under Miri (which interprets each step) every fourth address
+        // for the descriptor table.
+        let step = if cfg!(miri) { 4 } else { 1 };
+        // One queue, its public fields set for each case (nothing else takes part).
+        let mut q = Queue::new(32768);
         for ready in [false, true] {
             for (size, max) in [
                 (0u16, 256u16),
@@ -912,10 +917,9 @@ mod tests {
                 (3, 256),
                 (32768, 32768),
             ] {
-                for &d in &addrs {
+                for &d in addrs.iter().step_by(step) {
                     for &a in &addrs {
                         for &u in &addrs {
-                            let mut q = Queue::new(max);
                             q.max_size = max;
                             (q.ready, q.size) = (ready, size);
                             q.desc_table_addr = GuestAddress(d);
