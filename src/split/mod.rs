@@ -402,17 +402,18 @@ impl<const W: usize> Queue<W> {
             .ok_or(QueueError::NotReady)
     }
 
-    /// Number of chains the driver has made available beyond `next_avail_idx`, reading
+    /// Whether the driver has made chains available beyond `next_avail_idx`, reading
     /// `avail.idx` only when the last value read is used up. Fatal if the index ran more than
-    /// `size` ahead (H1).
+    /// `size` ahead (H1). (A `bool`, not the count: every caller only compares with 0, and one
+    /// result type for `pending` and `rearm` lets an error pass through without a copy.)
     #[inline(always)]
-    fn pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
+    fn pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
         // Entries seen at the last read and not yet taken. The cursor never passes the shadow
         // (a pop takes an entry only when one is known), and `usable` reset the shadow if the
         // owner moved the cursor, so a difference is entries the driver published.
         let known = self.shadow_avail_idx.wrapping_sub(self.next_avail_idx);
         if known != 0 {
-            return Ok(known);
+            return Ok(true);
         }
         let idx = match mem.load_u16(self.avail_addr(layout::IDX_OFFSET)?) {
             Ok(v) => v,
@@ -429,7 +430,7 @@ impl<const W: usize> Queue<W> {
             }));
         }
         self.shadow_avail_idx = idx;
-        Ok(pending)
+        Ok(pending != 0)
     }
 
     /// The ring looked empty to `pop_avail`: make it safe for the device to idle.
@@ -458,13 +459,13 @@ impl<const W: usize> Queue<W> {
         self.store_avail_event(mem, self.next_avail_idx)?;
         // Full fence (store→load): `avail_event` is visible before `avail.idx` is read again.
         mem.fence(Barrier::KickRecheck);
-        Ok(self.pending(mem)? != 0)
+        self.pending(mem)
     }
 
     /// Whether the driver has made chains available that `pop_avail` has not taken yet.
     pub fn has_pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.usable()?;
-        Ok(self.pending(mem)? != 0)
+        self.pending(mem)
     }
 
     /// Take the next chain the driver made available (§2.7.13, device side).
@@ -485,7 +486,7 @@ impl<const W: usize> Queue<W> {
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
         self.usable()?;
-        if self.pending(mem)? == 0 && !self.rearm(mem)? {
+        if !self.pending(mem)? && !self.rearm(mem)? {
             return Ok(None);
         }
         if self.in_flight.count() >= self.size {
@@ -745,7 +746,7 @@ impl<const W: usize> Queue<W> {
         // look at `avail.idx` again, or work published in between would get no kick and we
         // would not see it either.
         mem.fence(Barrier::KickRecheck);
-        Ok(self.pending(mem)? != 0)
+        self.pending(mem)
     }
 
     /// Whether the device currently asks for available-buffer notifications.
