@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Print ONE table: device-side ns per chain for virtq, rust-vmm virtio-queue 0.18 and a raw
-# unchecked loop (bench/benches/queue.rs, groups split-*), with the ratios virtq/raw and
-# rust-vmm/virtq, for the default bench profile and for fat LTO + one codegen unit. Extra
-# columns: virtq with batched completion (one used.idx store per batch), over a RegionTable of
-# two regions instead of one HostRegion, and on the packed ring (all with every check on); and
-# "raw checked", the raw loop plus every check virtq makes, inlined (a yardstick, not a product).
+# unchecked loop (bench/benches/queue.rs, groups split-*), for the default bench profile and for fat
+# LTO + one codegen unit, with the ratios the performance targets are stated in: virtq against
+# "raw checked hoisted" (the raw loop plus every check virtq makes, inlined, ring checks at
+# enable: the safe limit, a yardstick and not a product), packed against split, RegionTable (two
+# regions) against one HostRegion, `drain` against the same loop by hand, rust-vmm against
+# virtq. Extra columns: virtq with batched completion (one used.idx store per batch). Then the
+# idle transition (group idle: one empty pop with kicks on, without and with EVENT_IDX).
+# Instruction counts, which do not drift with the machine's load: .ci/bench-icount.sh.
 #
 # Usage: .ci/bench-table.sh            (a few minutes on 2 cores, most of it the LTO build)
 #        PROFILES=default .ci/bench-table.sh   (skip the LTO run)
@@ -32,8 +35,8 @@ run() { # $1 = profile name, $2 = run number; writes criterion results under $ou
     else
         env+=("CARGO_TARGET_DIR=$target")
     fi
-    echo "== $name, run $2: cargo bench -p virtq-bench --bench queue -- '^split-'" >&2
-    env "${env[@]}" cargo bench --quiet -p virtq-bench --bench queue -- '^split-' >"$out/$name.$2.log" 2>&1 || {
+    echo "== $name, run $2: cargo bench -p virtq-bench --bench queue -- '^(split-|idle/)'" >&2
+    env "${env[@]}" cargo bench --quiet -p virtq-bench --bench queue -- '^(split-|idle/)' >"$out/$name.$2.log" 2>&1 || {
         cat "$out/$name.$2.log" >&2
         exit 1
     }
@@ -51,7 +54,7 @@ median() { # $1 = profile, $2 = group, $3 = function
     echo "$best"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.1f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 fmt() { awk -v a="$1" 'BEGIN { if (a+0 > 0) printf "%.1f", a; else print "n/a" }'; }
 
 for p in $profiles; do for ((k = 1; k <= runs; k++)); do run "$p" "$k"; done; done
@@ -59,21 +62,29 @@ for p in $profiles; do for ((k = 1; k <= runs; k++)); do run "$p" "$k"; done; do
 echo
 echo "ns per chain (criterion median, lowest of $runs run(s)), ring of 256, device side only; $(nproc) CPUs, $(lscpu | sed -nE 's/^Model name:[[:space:]]+//p')"
 echo
-echo "| profile | workload | virtq | virtq batched | virtq RegionTable | virtq packed | rust-vmm | raw | raw checked | virtq/raw | rust-vmm/virtq |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| profile | workload | virtq | packed | RegionTable | batched | drain | hand | rust-vmm | raw | raw checked hoisted | virtq / hoisted | packed / virtq | RegionTable / virtq | drain / hand | rust-vmm / virtq |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+label_of() { case $1 in default) echo "bench (release)" ;; lto) echo "LTO fat, 1 CGU" ;; *) echo "$1" ;; esac; }
 for p in $profiles; do
-    label=$p
-    [ "$p" = default ] && label="bench (release)"
-    [ "$p" = lto ] && label="LTO fat, 1 CGU"
     for w in A-1desc B-blk3 C-indirect3; do
         g=split-$w
         v=$(median "$p" "$g" virtq)
-        vb=$(median "$p" "$g" virtq-batched)
-        vr=$(median "$p" "$g" virtq-regions)
         vp=$(median "$p" "$g" virtq-packed)
+        vr=$(median "$p" "$g" virtq-regions)
+        vb=$(median "$p" "$g" virtq-batched)
+        vd=$(median "$p" "$g" virtq-drain)
+        vh=$(median "$p" "$g" virtq-hand)
         m=$(median "$p" "$g" rust-vmm)
         r=$(median "$p" "$g" raw)
-        rc=$(median "$p" "$g" raw-checked)
-        echo "| $label | $w | $(fmt "$v") | $(fmt "$vb") | $(fmt "$vr") | $(fmt "$vp") | $(fmt "$m") | $(fmt "$r") | $(fmt "$rc") | $(ratio "$v" "$r") | $(ratio "$m" "$v") |"
+        rh=$(median "$p" "$g" raw-checked-hoisted)
+        echo "| $(label_of "$p") | $w | $(fmt "$v") | $(fmt "$vp") | $(fmt "$vr") | $(fmt "$vb") | $(fmt "$vd") | $(fmt "$vh") | $(fmt "$m") | $(fmt "$r") | $(fmt "$rh") | $(ratio "$v" "$rh") | $(ratio "$vp" "$v") | $(ratio "$vr" "$v") | $(ratio "$vd" "$vh") | $(ratio "$m" "$v") |"
     done
+done
+echo
+echo "Idle transition: ns per empty pop_avail with kicks enabled (criterion median)"
+echo
+echo "| profile | split | split, EVENT_IDX (re-arm) | packed | packed, EVENT_IDX (re-arm) |"
+echo "|---|---:|---:|---:|---:|"
+for p in $profiles; do
+    echo "| $(label_of "$p") | $(fmt "$(median "$p" idle split-plain)") | $(fmt "$(median "$p" idle split-event-idx)") | $(fmt "$(median "$p" idle packed-plain)") | $(fmt "$(median "$p" idle packed-event-idx)") |"
 done

@@ -67,13 +67,13 @@ share() { # $1 = opt, $2 = probe
 }
 row() { echo "| $1 | ${t[s,$2]} | ${t[3,$2]} | ${3:-$(share s "$2")} | ${3:-$(share 3 "$2")} |"; }
 row "skeleton without virtq (entry, panic handler, config reads)" baseline "—"
-row "split ring: pop, walk, write a status byte, push_used (HostRegion)" split
+row "split ring: pop, walk, write a status byte, push_used (HostRegion, Queue<4>)" split
 row "packed ring: the same device loop on PackedQueue" packed
 row "virtio-mmio transport + the split device (register file, status, features)" mmio
 echo
 echo "size_of, bytes"
 echo
-names=(Queue PackedQueue "PackedChain (N = 16)" "MmioTransport<(), HostRegion, 1>" DescriptorChain
+names=(Queue "Queue<{ in_flight_words(256) }>" PackedQueue "PackedChain (N = 16)" "MmioTransport<(), HostRegion, 1>" DescriptorChain
     "DescriptorIter<HostRegion>" Descriptor HostRegion "RegionTable<4>" QueueError ChainError
     MemoryError)
 st=() sx=()

@@ -51,14 +51,16 @@ impl<const W: usize> InFlight<W> {
         }
     }
 
-    /// The set whose words `bytes` holds (little-endian, a whole number of words at most
-    /// `W`), if every identity in it is below `limit`.
+    /// The set whose words `bytes` holds (little-endian, a whole number of words), if every
+    /// identity in it is below `limit` (and so, with `limit <= 64 * W`, in the first `W`
+    /// words; words past those must be zero).
     pub(crate) fn from_words(bytes: &[u8], limit: u32) -> Option<Self> {
         let mut set = Self::new();
-        if !bytes.len().is_multiple_of(8) || bytes.len() / 8 > W {
+        if !bytes.len().is_multiple_of(8) {
             return None;
         }
-        for (i, (chunk, slot)) in bytes.chunks_exact(8).zip(set.bits.iter_mut()).enumerate() {
+        let mut slots = set.bits.iter_mut();
+        for (i, chunk) in bytes.chunks_exact(8).enumerate() {
             let mut b = [0u8; 8];
             b.copy_from_slice(chunk);
             let w = u64::from_le_bytes(b);
@@ -72,7 +74,11 @@ impl<const W: usize> InFlight<W> {
             if w & !allowed != 0 {
                 return None;
             }
-            *slot = w;
+            match slots.next() {
+                Some(slot) => *slot = w,
+                None if w == 0 => {}
+                None => return None,
+            }
             set.count = set
                 .count
                 .saturating_add(u16::try_from(w.count_ones()).ok()?);

@@ -59,9 +59,9 @@ impl<const N: usize> InOrder<N> {
     ///
     /// Fails with [`QueueError::InOrderCapacity`] (not fatal; nothing consumed) if `N` chains
     /// are already in flight and another is available.
-    pub fn pop_avail<M: GuestMemory + ?Sized>(
+    pub fn pop_avail<M: GuestMemory + ?Sized, const W: usize>(
         &mut self,
-        q: &mut Queue,
+        q: &mut Queue<W>,
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
         if self.pending.is_full() {
@@ -94,9 +94,9 @@ impl<const N: usize> InOrder<N> {
     /// Record that `head` is done with `len` bytes written, then publish every completion that
     /// is now first in line (one `used.idx` store). Returns how many were published (0 if
     /// `head` waits for an earlier chain).
-    pub fn complete<M: GuestMemory + ?Sized>(
+    pub fn complete<M: GuestMemory + ?Sized, const W: usize>(
         &mut self,
-        q: &mut Queue,
+        q: &mut Queue<W>,
         mem: &M,
         head: u16,
         len: u32,
@@ -113,9 +113,9 @@ impl<const N: usize> InOrder<N> {
     }
 
     /// Add a used element for every completion that is first in line (without publishing).
-    fn flush<M: GuestMemory + ?Sized>(
+    fn flush<M: GuestMemory + ?Sized, const W: usize>(
         &mut self,
-        q: &mut Queue,
+        q: &mut Queue<W>,
         mem: &M,
     ) -> Result<u16, QueueError> {
         let mut added = 0u16;
@@ -136,9 +136,9 @@ impl<const N: usize> InOrder<N> {
     /// batches whose earlier buffers were entirely written (SPLIT-56): the driver treats them
     /// as fully used. Completions that were waiting behind the batch are published with it.
     /// Returns the number of chains published (the batch plus those).
-    pub fn complete_batch<M: GuestMemory + ?Sized>(
+    pub fn complete_batch<M: GuestMemory + ?Sized, const W: usize>(
         &mut self,
-        q: &mut Queue,
+        q: &mut Queue<W>,
         mem: &M,
         last_head: u16,
         len: u32,

@@ -178,7 +178,6 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
 
 use core::fmt;
 

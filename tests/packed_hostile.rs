@@ -426,13 +426,9 @@ fn h12_h18_single_fetch_and_16_bit_flags() {
     for s in slots {
         let at = drv.slot_addr(s);
         let acc = |kind, addr, len| Access { kind, addr, len };
-        // Flags first, then the rest: addr as one copy, len (two halves) and id as 16-bit
-        // loads.
+        // Flags first, then the rest (addr, len, id) as one 14-byte copy.
         expect.push(acc(AccessKind::Load16, at + 14, 2));
-        expect.push(acc(AccessKind::Read, at, 8));
-        expect.push(acc(AccessKind::Load16, at + 8, 2));
-        expect.push(acc(AccessKind::Load16, at + 10, 2));
-        expect.push(acc(AccessKind::Load16, at + 12, 2));
+        expect.push(acc(AccessKind::Read, at, 14));
     }
     assert_eq!(log, expect, "exact access sequence of one pop");
     // Each byte of each slot read exactly once.

@@ -16,6 +16,9 @@
 //! * `virtq-batched`: the same with `add_used` per chain and one `publish_used` per batch;
 //! * `virtq-regions`: `virtq` over a `RegionTable<4>` of two adjacent regions;
 //! * `virtq-packed`: `PackedQueue` over one `HostRegion` (same chains, packed layout);
+//! * `virtq-drain`: `Queue::drain` (the documented loop: kicks off, pop/walk/`add_used`,
+//!   kicks on and re-check, one publication, one interrupt decision), one call per batch;
+//! * `virtq-hand`: the same loop written by hand, as the README spells it out (no budget);
 //! * `rust-vmm`: `virtio_queue::Queue` over `GuestMemoryMmap`, `pop_descriptor_chain`,
 //!   iterate, `add_used` (which publishes `used.idx`);
 //! * `raw`, `raw-batched`: the unchecked loop, publishing per chain or per batch;
@@ -31,6 +34,11 @@
 //!
 //! Scaling groups: `ring-size/<impl>/<size>` (workload A, 16 … 32768) and
 //! `chain-len/<impl>/<n>` (n descriptors per chain, ring of 4096).
+//!
+//! Idle transition (`idle/<ring>-<plain|event-idx>`): one `pop_avail` on an empty ring with
+//! kicks enabled, without and with EVENT_IDX. With EVENT_IDX the empty pop re-arms (stores
+//! `avail_event` or the device event position, full fence, reads the index or flags again):
+//! that is what a device pays each time the seed loop runs dry.
 //!
 //! For profilers, `VIRTQ_BENCH_PROFILE=<impl>/<A|B|C>` runs one workload without criterion
 //! (see `profile`).
@@ -48,7 +56,7 @@ use virtio_queue::{Queue as VmmQueue, QueueT};
 use vm_memory::{Bytes, GuestAddress as VmmAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
 use virtq::memory::{HostRegion, RegionTable};
-use virtq::{Features, GuestAddress, GuestMemory, PackedQueue, Queue};
+use virtq::{Completion, Features, GuestAddress, GuestMemory, PackedQueue, Queue};
 
 /// Guest RAM: 8 MiB at guest-physical 0.
 const MEM_SIZE: usize = 8 << 20;
@@ -454,6 +462,72 @@ fn serve_virtq_batched<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> u16 {
     served
 }
 
+/// The walk every implementation makes: fold each buffer's address into `acc`, return the
+/// writable bytes.
+#[inline(always)]
+fn walk_virtq<M: GuestMemory + ?Sized>(chain: virtq::DescriptorIter<'_, M>, acc: &mut u64) -> u32 {
+    let mut written = 0u32;
+    for d in chain {
+        let d = d.expect("valid chain");
+        *acc ^= d.addr().raw_value();
+        if d.is_write_only() {
+            written += d.len();
+        }
+    }
+    written
+}
+
+/// virtq: `Queue::drain`, one call per batch (the budget covers the batch).
+#[inline(never)]
+fn serve_virtq_drain<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> u16 {
+    let mut acc = 0u64;
+    let report = q
+        .drain(mem, 1 << 16, |chain| {
+            Completion::Used(walk_virtq(chain.iter(mem), &mut acc))
+        })
+        .expect("drain");
+    black_box((acc, report.notify));
+    u16::try_from(report.processed).expect("batch")
+}
+
+/// virtq: the drain loop by hand, as the README writes it (no budget).
+#[inline(never)]
+fn serve_virtq_hand<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> u16 {
+    let mut served = 0u16;
+    let mut acc = 0u64;
+    q.disable_notification(mem).expect("kicks off");
+    loop {
+        while let Some(chain) = q.pop_avail(mem).expect("pop") {
+            let written = walk_virtq(chain.iter(mem), &mut acc);
+            q.add_used(mem, chain.head_index(), written).expect("add");
+            served += 1;
+        }
+        if !q.enable_notification(mem).expect("kicks on") {
+            break;
+        }
+        q.disable_notification(mem).expect("kicks off");
+    }
+    q.publish_used(mem).expect("publish");
+    black_box((acc, q.needs_notification(mem).expect("notify")));
+    served
+}
+
+/// One idle transition of the seed loop on a split ring: a `pop_avail` that finds nothing.
+#[inline(never)]
+fn serve_idle_split<M: GuestMemory + ?Sized>(q: &mut Queue, mem: &M) -> bool {
+    q.pop_avail(mem).expect("pop").is_some()
+}
+
+/// The same on a packed ring (popping into reused storage, as a device does).
+#[inline(never)]
+fn serve_idle_packed<M: GuestMemory + ?Sized>(
+    q: &mut PackedQueue,
+    mem: &M,
+    chain: &mut virtq::packed::PackedChain,
+) -> bool {
+    q.pop_avail_into(mem, chain).expect("pop")
+}
+
 /// virtq on the packed ring: pop, walk, `push_used` (publishes every chain).
 #[inline(never)]
 fn serve_packed<M: GuestMemory + ?Sized>(q: &mut PackedQueue, mem: &M) -> u16 {
@@ -801,6 +875,8 @@ fn serve_checked_hoisted(c: &mut Checked) -> u16 {
 #[derive(Clone, Copy)]
 enum Impl {
     Virtq,
+    VirtqDrain,
+    VirtqHand,
     VirtqPacked,
     VirtqRegions,
     VirtqBatched,
@@ -815,6 +891,8 @@ impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Virtq => "virtq",
+            Impl::VirtqDrain => "virtq-drain",
+            Impl::VirtqHand => "virtq-hand",
             Impl::VirtqPacked => "virtq-packed",
             Impl::VirtqRegions => "virtq-regions",
             Impl::VirtqBatched => "virtq-batched",
@@ -841,6 +919,22 @@ impl Impl {
                 grp.bench_function(id, |b| {
                     b.iter_custom(|iters| {
                         per_chain(&mut g, iters, overhead, |_| serve_packed(&mut q, &mem))
+                    })
+                });
+            }
+            Impl::VirtqDrain | Impl::VirtqHand => {
+                let mem = g.host_region();
+                let mut q = g.virtq_queue();
+                let drain = matches!(self, Impl::VirtqDrain);
+                grp.bench_function(id, |b| {
+                    b.iter_custom(|iters| {
+                        per_chain(&mut g, iters, overhead, |_| {
+                            if drain {
+                                serve_virtq_drain(&mut q, &mem)
+                            } else {
+                                serve_virtq_hand(&mut q, &mem)
+                            }
+                        })
                     })
                 });
             }
@@ -936,6 +1030,8 @@ fn split(c: &mut Criterion) {
     ];
     let impls = [
         Impl::Virtq,
+        Impl::VirtqDrain,
+        Impl::VirtqHand,
         Impl::VirtqPacked,
         Impl::VirtqRegions,
         Impl::VirtqBatched,
@@ -950,6 +1046,38 @@ fn split(c: &mut Criterion) {
             i.run(c, &format!("split-{w}"), i.name(), 256, shape);
         }
     }
+}
+
+/// A split and a packed queue over `g`'s rings with kicks enabled, with or without EVENT_IDX,
+/// and an empty ring.
+fn idle_queues(g: &Guest, event_idx: bool) -> (Queue, PackedQueue) {
+    let mut q = g.virtq_queue();
+    let mut p = g.packed_queue();
+    if event_idx {
+        q.features |= Features::EVENT_IDX;
+        p.features |= Features::EVENT_IDX;
+    }
+    (q, p)
+}
+
+/// The idle transition of the seed loop (an empty `pop_avail` with kicks enabled), without and
+/// with EVENT_IDX, on both rings: what the re-arm costs.
+fn idle(c: &mut Criterion) {
+    let g = Guest::new(256, Shape::Single);
+    let mem = g.host_region();
+    let mut grp = c.benchmark_group("idle");
+    for event_idx in [false, true] {
+        let suffix = if event_idx { "event-idx" } else { "plain" };
+        let (mut q, mut p) = idle_queues(&g, event_idx);
+        grp.bench_function(format!("split-{suffix}"), |b| {
+            b.iter(|| black_box(serve_idle_split(&mut q, &mem)))
+        });
+        let mut chain = virtq::packed::PackedChain::new();
+        grp.bench_function(format!("packed-{suffix}"), |b| {
+            b.iter(|| black_box(serve_idle_packed(&mut p, &mem, &mut chain)))
+        });
+    }
+    grp.finish();
 }
 
 /// Cost per chain against ring size (workload A): should be flat.
@@ -983,7 +1111,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = split, ring_size, chain_len
+    targets = split, idle, ring_size, chain_len
 }
 
 /// For profilers (`valgrind --tool=callgrind`, `perf record`): serve `batches` batches of one
@@ -994,6 +1122,9 @@ fn profile(spec: &str) {
     let (imp, work) = spec
         .split_once('/')
         .expect("VIRTQ_BENCH_PROFILE=<impl>/<A|B|C>");
+    if imp == "idle" {
+        return profile_idle(work);
+    }
     let shape = match work {
         "A" => Shape::Single,
         "B" => Shape::Blk,
@@ -1017,6 +1148,14 @@ fn profile(spec: &str) {
             per_chain(&mut g, iters, overhead, |_| {
                 serve_virtq_batched(&mut q, &mem)
             })
+        }
+        "virtq-drain" => {
+            let (mem, mut q) = (g.host_region(), g.virtq_queue());
+            per_chain(&mut g, iters, overhead, |_| serve_virtq_drain(&mut q, &mem))
+        }
+        "virtq-hand" => {
+            let (mem, mut q) = (g.host_region(), g.virtq_queue());
+            per_chain(&mut g, iters, overhead, |_| serve_virtq_hand(&mut q, &mem))
         }
         "virtq-packed" => {
             let mut g = Guest::new_packed(256, shape);
@@ -1049,12 +1188,42 @@ fn profile(spec: &str) {
             per_chain(&mut g, iters, overhead, |_| serve_raw(&mut r))
         }
         _ => panic!(
-            "implementation {imp}: expected virtq, virtq-batched, virtq-packed, virtq-regions, rust-vmm, raw, raw-checked or raw-checked-hoisted"
+            "implementation {imp}: expected virtq, virtq-batched, virtq-drain, virtq-hand, virtq-packed, virtq-regions, rust-vmm, raw, raw-checked, raw-checked-hoisted or idle"
         ),
     };
     println!(
         "{spec}: {:.2} ns/chain over {iters} chains",
         t.as_secs_f64() * 1e9 / iters as f64
+    );
+}
+
+/// `VIRTQ_BENCH_PROFILE=idle/<split|packed>-<plain|event-idx>`: 256 empty pops per batch
+/// (`VIRTQ_BENCH_BATCHES` batches), so instruction counts divide like a workload's.
+fn profile_idle(which: &str) {
+    let batches: u64 = std::env::var("VIRTQ_BENCH_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let (ring, mode) = which
+        .split_once('-')
+        .expect("idle/<split|packed>-<plain|event-idx>");
+    let g = Guest::new(256, Shape::Single);
+    let mem = g.host_region();
+    let (mut q, mut p) = idle_queues(&g, mode == "event-idx");
+    let mut chain = virtq::packed::PackedChain::new();
+    let pops = batches * 256;
+    let start = Instant::now();
+    for _ in 0..pops {
+        let found = match ring {
+            "split" => serve_idle_split(&mut q, &mem),
+            "packed" => serve_idle_packed(&mut p, &mem, &mut chain),
+            _ => panic!("ring {ring}: expected split or packed"),
+        };
+        assert!(!found, "the ring is empty");
+    }
+    println!(
+        "idle/{which}: {:.2} ns per empty pop over {pops}",
+        start.elapsed().as_secs_f64() * 1e9 / pops as f64
     );
 }
 

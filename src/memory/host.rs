@@ -116,13 +116,17 @@ impl HostRegion {
 
     /// Offset of `[addr, addr + len)` inside the region, checked.
     ///
-    /// The accepting path needs only `addr - base` and `off + len <= self.len` (both checked):
-    /// the constructor proved `base + self.len` fits in a u64, so then `addr + len` does too.
-    /// Anything else goes through [`outside`](Self::outside), which names the exact error.
+    /// The accepting path is `len <= self.len` and `addr - base <= self.len - len` with a
+    /// wrapping subtraction: an `addr` below the base wraps to more than `2⁶⁴ - base`, which
+    /// the constructor's check (`base + self.len` fits in a u64) puts above `self.len`; and
+    /// inside the region `addr + len` cannot overflow either. With `len` a constant (an index
+    /// word, a descriptor) that is two compares. Anything else goes through
+    /// [`outside`](Self::outside), which names the exact error.
     #[inline]
     fn offset_of(&self, addr: GuestAddress, len: u64) -> Result<usize, MemoryError> {
-        if let Some(off) = addr.checked_offset_from(self.guest_base)
-            && off.checked_add(len).is_some_and(|end| end <= self.len)
+        let off = addr.0.wrapping_sub(self.guest_base.0);
+        if len <= self.len
+            && off <= self.len.wrapping_sub(len)
             && let Ok(off) = usize::try_from(off)
         {
             return Ok(off);

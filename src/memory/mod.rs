@@ -12,9 +12,12 @@ use core::sync::atomic::{Ordering, fence};
 
 use zerocopy::{FromBytes, IntoBytes};
 
+// The one module with `unsafe` code (the host-pointer accessor); the table above it forbids it.
 mod host;
+#[forbid(unsafe_code)]
 mod regions;
 #[cfg(feature = "vm-memory")]
+#[forbid(unsafe_code)]
 mod rust_vmm;
 
 pub use host::HostRegion;

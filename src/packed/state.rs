@@ -12,8 +12,11 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::{ChainHead, PackedChain, PackedQueue, Pos, layout, linear};
-use crate::chain::{ChainBudget, ChainError, Descriptor, PackedBody, PackedTail};
+use super::PackedQueue;
+use super::chain::{ChainHead, PackedBody, PackedChain, PackedTail};
+use super::event::linear;
+use super::layout::{self, Pos};
+use crate::chain::{ChainBudget, ChainError, Descriptor};
 use crate::error::{QueueError, Sticky};
 use crate::in_flight::InFlight;
 use crate::memory::{GuestAddress, GuestMemory};
@@ -716,8 +719,8 @@ fn ring_error<M: GuestMemory + ?Sized>(q: &PackedQueue, e: QueueError, mem: &M) 
 // inverse. Keep the two in step.
 #[cfg(test)]
 mod tests {
-    use super::super::advance;
     use super::*;
+    use crate::packed::layout::advance;
 
     #[test]
     fn distance_inverts_advance() {

@@ -36,10 +36,11 @@ pub mod state;
 use core::fmt;
 
 use crate::chain::{ChainError, DescriptorChain};
+use crate::drain::{Completion, DrainReport, DrainRing, drain_loop};
 use crate::error::{QueueError, Sticky};
 use crate::in_flight::{InFlight, SPLIT_WORDS};
 use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
-use crate::notify::{Completion, DrainReport, DrainRing, drain_loop, need_event};
+use crate::notify::need_event;
 use crate::wire::{
     AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
 };
@@ -50,8 +51,12 @@ use crate::wire::{
 /// QueueNumMax, QueueNum, QueueReady, QueueDesc/Driver/Device) and the device's two cursors.
 /// Everything the guest controls is read through [`GuestMemory`] and validated on every use.
 ///
-/// `Queue` tracks which heads are in flight (a 4 KiB bitmap), so a head made available twice,
-/// or completed twice, is caught in O(1) without allocation.
+/// `Queue` tracks which heads are in flight in a bitmap of `W` 64-bit words, so a head made
+/// available twice, or completed twice, is caught in O(1) without allocation. The default
+/// `W` = 512 (4 KiB) holds every head of the largest queue (32768), so `Queue::new(max_size)`
+/// works for any size; firmware with many small queues sizes the bitmap to the queue with
+/// [`with_capacity`](Self::with_capacity): `Queue<{ in_flight_words(256) }>` is 120 bytes
+/// where `Queue` is 4184. Everything else the queue keeps is 88 bytes on a 64-bit target.
 ///
 /// The cursors are public for inspection and for a restore by hand. Change them only on a
 /// queue that is not running (between calls, with no chain of the old position still to
@@ -60,7 +65,7 @@ use crate::wire::{
 /// counts everything before it as published and signalled. [`save`](Self::save) and
 /// [`restore`](Self::restore) carry the whole state, in-flight heads included, and validate it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Queue {
+pub struct Queue<const W: usize = SPLIT_WORDS> {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), a power of two ≤ 32768.
     #[doc(alias = "QueueNumMax")]
     pub max_size: u16,
@@ -90,14 +95,10 @@ pub struct Queue {
     pub features: Features,
     /// The fatal error that stopped the queue, if any (sticky until reset).
     error: Sticky,
-    /// The configuration [`is_valid`](Self::is_valid) last accepted. The hot path compares
-    /// the public fields against it instead of re-validating every call; any change to them
-    /// triggers a full re-validation.
-    validated: Option<Config>,
-    /// `avail.idx` as last read, and `next_avail_idx` at that moment: entries between the
-    /// two are known to be available without reading the index again.
+    /// `avail.idx` as last read: entries between `next_avail_idx` and it are known to be
+    /// available without reading the index again. The avail cursor only moves up to it (a pop
+    /// takes an entry only when one is known), and a cursor moved by its owner resets it.
     shadow_avail_idx: u16,
-    shadow_base: u16,
     /// `used.idx` as last published to the guest.
     published_used_idx: u16,
     /// `used.idx` when [`needs_notification`](Self::needs_notification) last answered.
@@ -111,10 +112,10 @@ pub struct Queue {
     /// owner (a restore by hand), and the bookkeeping derived from it is reset to follow.
     avail_cursor: u16,
     used_cursor: u16,
-    in_flight: InFlight<SPLIT_WORDS>,
+    in_flight: InFlight<W>,
 }
 
-impl fmt::Debug for Queue {
+impl<const W: usize> fmt::Debug for Queue<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
             .field("max_size", &self.max_size)
@@ -139,17 +140,6 @@ const fn ring_offset(slot: u16, entry_size: u64) -> u64 {
     layout::RING_OFFSET.wrapping_add((slot as u64).wrapping_mul(entry_size))
 }
 
-/// The part of a queue's configuration that [`Queue::is_valid`] judges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Config {
-    size: u16,
-    max_size: u16,
-    ready: bool,
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
-}
-
 /// Largest power of two `<= v` (0 for 0).
 const fn floor_pow2(v: u16) -> u16 {
     // `leading_zeros() <= 15` for a non-zero u16, so the shift is in range.
@@ -160,13 +150,53 @@ const fn floor_pow2(v: u16) -> u16 {
     }
 }
 
+/// Bitmap words a [`Queue`] needs for queues of up to `max_size` descriptors: the `W` of
+/// `Queue<W>` (`ceil(max_size / 64)`, at least 1).
+///
+/// ```
+/// use virtq::split::{Queue, in_flight_words};
+/// let q = Queue::<{ in_flight_words(256) }>::with_capacity(256);
+/// assert_eq!((q.max_size, size_of_val(&q.clone()) <= 128), (256, true));
+/// ```
+pub const fn in_flight_words(max_size: u16) -> usize {
+    let words = (max_size as usize).div_ceil(64);
+    if words == 0 { 1 } else { words }
+}
+
 impl Queue {
     /// A queue that accepts up to `max_size` descriptors (clamped to 32768 and rounded down to a
     /// power of two; [`try_new`](Self::try_new) refuses such a value instead). `size` starts at
     /// `max_size`; everything else is zero and the queue is not ready.
+    ///
+    /// Its in-flight bitmap holds every possible head (4 KiB); see
+    /// [`with_capacity`](Self::with_capacity) for one sized to the queue.
     pub const fn new(max_size: u16) -> Self {
-        let max = floor_pow2(if max_size > MAX_QUEUE_SIZE {
+        Self::with_capacity(max_size)
+    }
+}
+
+impl<const W: usize> Queue<W> {
+    /// Heads the in-flight bitmap can hold: `64 * W`, at most 32768.
+    pub const CAPACITY: u16 = {
+        let bits = W.saturating_mul(64);
+        if bits > MAX_QUEUE_SIZE as usize {
             MAX_QUEUE_SIZE
+        } else {
+            // `bits <= 32768` here, so it fits.
+            #[allow(clippy::cast_possible_truncation)]
+            let bits = bits as u16;
+            bits
+        }
+    };
+
+    /// A queue that accepts up to `max_size` descriptors (§4.2.2 `QueueNumMax`), clamped to a
+    /// power of two no larger than [`CAPACITY`](Self::CAPACITY) (`64 * W`, at most 32768), with an in-flight bitmap of
+    /// `W` words: `Queue::<W>::with_capacity(max_size)` is `Queue::new(max_size)` with storage
+    /// sized by the caller. `size` starts at `max_size`; everything else is zero and the queue is
+    /// not ready.
+    pub const fn with_capacity(max_size: u16) -> Self {
+        let max = floor_pow2(if max_size > Self::CAPACITY {
+            Self::CAPACITY
         } else {
             max_size
         });
@@ -181,9 +211,7 @@ impl Queue {
             next_used_idx: 0,
             features: Features::empty(),
             error: Sticky::CLEAR,
-            validated: None,
             shadow_avail_idx: 0,
-            shadow_base: 0,
             published_used_idx: 0,
             notify_base: 0,
             unsignalled: 0,
@@ -203,9 +231,10 @@ impl Queue {
         self.size = floor_pow2(requested.min(self.max_size));
     }
 
-    /// Whether the queue may be used: ready, a non-zero power-of-two size ≤ `max_size`, every
-    /// ring address set (non-zero) and aligned (§2.7 alignment table), and no ring wrapping
-    /// around the 64-bit address space. Whether the rings are guest RAM is checked by
+    /// Whether the queue may be used: ready, a non-zero power-of-two size ≤ `max_size` (and ≤
+    /// the in-flight bitmap's [`CAPACITY`](Self::CAPACITY)), every ring address set (non-zero)
+    /// and aligned (§2.7 alignment table), and no ring wrapping around the 64-bit address
+    /// space. Whether the rings are guest RAM is checked by
     /// [`check_rings`](Self::check_rings), which needs the memory.
     pub fn is_valid(&self) -> bool {
         let s = self.size;
@@ -213,6 +242,7 @@ impl Queue {
             && s != 0
             && s <= self.max_size
             && s <= MAX_QUEUE_SIZE
+            && s <= Self::CAPACITY
             && s.is_power_of_two()
             && self.desc_table_addr.0 != 0
             && self.avail_ring_addr.0 != 0
@@ -261,7 +291,7 @@ impl Queue {
     /// `max_size`, addresses and cursors zero, features and the sticky error cleared, nothing
     /// in flight. Chains popped before the reset can no longer be completed.
     pub fn reset(&mut self) {
-        *self = Self::new(self.max_size);
+        *self = Self::with_capacity(self.max_size);
     }
 
     /// The fatal error that stopped this queue, if any.
@@ -286,25 +316,46 @@ impl Queue {
     }
 
     /// Common entry check: O(1) for a broken or unconfigured queue, and a handful of
-    /// compares for a configured one.
+    /// register operations for a configured one ([`quick_valid`](Self::quick_valid), with the
+    /// full [`is_valid`](Self::is_valid) only where that is not sure).
     #[inline]
     fn usable(&mut self) -> Result<(), QueueError> {
         self.error.check()?;
         if self.next_avail_idx != self.avail_cursor || self.next_used_idx != self.used_cursor {
             self.cursors_moved();
         }
-        let cfg = Config {
-            size: self.size,
-            max_size: self.max_size,
-            ready: self.ready,
-            desc: self.desc_table_addr,
-            avail: self.avail_ring_addr,
-            used: self.used_ring_addr,
-        };
-        if self.validated == Some(cfg) {
+        if self.quick_valid() {
             return Ok(());
         }
-        self.revalidate(cfg)
+        self.revalidate()
+    }
+
+    /// A sufficient condition for [`is_valid`](Self::is_valid), checked on every call with few
+    /// branches and no copy of the configuration kept to compare with: ready, a power of two no
+    /// larger than `max_size` (and the capacity), every address aligned and in `1..=2⁶³`,
+    /// where no ring of a queue of ≤ 32768 descriptors (at most 2¹⁹ bytes each) can wrap. A
+    /// configuration it refuses is judged by `is_valid` (only rings above 2⁶³ get that far and
+    /// pass).
+    #[inline]
+    fn quick_valid(&self) -> bool {
+        let (d, a, u) = (
+            self.desc_table_addr.0,
+            self.avail_ring_addr.0,
+            self.used_ring_addr.0,
+        );
+        // Bit 63 of `x - 1` is set for 0 and for addresses above 2^63; the low bits are the
+        // alignment (§2.7 table: 16, 2, 4).
+        let out = (d.wrapping_sub(1) | a.wrapping_sub(1) | u.wrapping_sub(1)) >> 63;
+        let misaligned = (d & (layout::DESC_ALIGN - 1))
+            | (a & (layout::AVAIL_ALIGN - 1))
+            | (u & (layout::USED_ALIGN - 1));
+        let s = self.size;
+        (out | misaligned) == 0
+            && self.ready
+            && s.is_power_of_two()
+            && s <= self.max_size
+            // Folded away for the default bitmap, which holds every head.
+            && (Self::CAPACITY == MAX_QUEUE_SIZE || s <= Self::CAPACITY)
     }
 
     /// The owner moved a public cursor (a restore by hand): what the queue derived from the old
@@ -317,7 +368,6 @@ impl Queue {
     fn cursors_moved(&mut self) {
         if self.next_avail_idx != self.avail_cursor {
             self.avail_cursor = self.next_avail_idx;
-            self.shadow_base = self.next_avail_idx;
             self.shadow_avail_idx = self.next_avail_idx;
         }
         if self.next_used_idx != self.used_cursor {
@@ -329,12 +379,11 @@ impl Queue {
     }
 
     #[cold]
-    fn revalidate(&mut self, cfg: Config) -> Result<(), QueueError> {
+    #[inline(never)]
+    fn revalidate(&self) -> Result<(), QueueError> {
         if self.is_valid() {
-            self.validated = Some(cfg);
             Ok(())
         } else {
-            self.validated = None;
             Err(QueueError::NotReady)
         }
     }
@@ -353,18 +402,18 @@ impl Queue {
             .ok_or(QueueError::NotReady)
     }
 
-    /// Number of chains the driver has made available beyond `next_avail_idx`, reading
+    /// Whether the driver has made chains available beyond `next_avail_idx`, reading
     /// `avail.idx` only when the last value read is used up. Fatal if the index ran more than
-    /// `size` ahead (H1).
-    #[inline]
-    fn pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
-        // Entries seen at the last read and not yet taken. Measured from `shadow_base` so a
-        // cursor moved by the owner of the public fields (a restore, say) never makes stale
-        // knowledge look valid.
-        let seen = self.shadow_avail_idx.wrapping_sub(self.shadow_base);
-        let taken = self.next_avail_idx.wrapping_sub(self.shadow_base);
-        if taken < seen {
-            return Ok(seen.wrapping_sub(taken));
+    /// `size` ahead (H1). (A `bool`, not the count: every caller only compares with 0, and one
+    /// result type for `pending` and `rearm` lets an error pass through without a copy.)
+    #[inline(always)]
+    fn pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
+        // Entries seen at the last read and not yet taken. The cursor never passes the shadow
+        // (a pop takes an entry only when one is known), and `usable` reset the shadow if the
+        // owner moved the cursor, so a difference is entries the driver published.
+        let known = self.shadow_avail_idx.wrapping_sub(self.next_avail_idx);
+        if known != 0 {
+            return Ok(true);
         }
         let idx = match mem.load_u16(self.avail_addr(layout::IDX_OFFSET)?) {
             Ok(v) => v,
@@ -381,8 +430,7 @@ impl Queue {
             }));
         }
         self.shadow_avail_idx = idx;
-        self.shadow_base = self.next_avail_idx;
-        Ok(pending)
+        Ok(pending != 0)
     }
 
     /// The ring looked empty to `pop_avail`: make it safe for the device to idle.
@@ -411,13 +459,13 @@ impl Queue {
         self.store_avail_event(mem, self.next_avail_idx)?;
         // Full fence (store→load): `avail_event` is visible before `avail.idx` is read again.
         mem.fence(Barrier::KickRecheck);
-        Ok(self.pending(mem)? != 0)
+        self.pending(mem)
     }
 
     /// Whether the driver has made chains available that `pop_avail` has not taken yet.
     pub fn has_pending<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.usable()?;
-        Ok(self.pending(mem)? != 0)
+        self.pending(mem)
     }
 
     /// Take the next chain the driver made available (§2.7.13, device side).
@@ -432,13 +480,13 @@ impl Queue {
     /// kick never sleeps on work the driver will not kick for.
     ///
     /// Fatal errors (see [`QueueError`]) are raised before the offending entry is consumed.
-    #[inline]
+    #[inline(always)]
     pub fn pop_avail<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
         self.usable()?;
-        if self.pending(mem)? == 0 && !self.rearm(mem)? {
+        if !self.pending(mem)? && !self.rearm(mem)? {
             return Ok(None);
         }
         if self.in_flight.count() >= self.size {
@@ -486,7 +534,7 @@ impl Queue {
     /// so it cannot clamp it. Take it from
     /// [`ChainWriter::bytes_written`](crate::io::ChainWriter::bytes_written), which never
     /// exceeds the chain's writable bytes.
-    #[inline]
+    #[inline(always)]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -498,7 +546,7 @@ impl Queue {
     }
 
     /// `add_used` after the entry check ([`usable`](Self::usable)), which the caller made.
-    #[inline]
+    #[inline(always)]
     fn write_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -528,14 +576,14 @@ impl Queue {
 
     /// Publish every used element added since the last publication: release fence, then one
     /// store of `used.idx` (§2.7.8.2). Returns how many elements were published.
-    #[inline]
+    #[inline(always)]
     pub fn publish_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.usable()?;
         self.store_used_idx(mem)
     }
 
     /// `publish_used` after the entry check ([`usable`](Self::usable)), which the caller made.
-    #[inline]
+    #[inline(always)]
     fn store_used_idx<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
         let count = self.next_used_idx.wrapping_sub(self.published_used_idx);
         if count == 0 {
@@ -555,7 +603,7 @@ impl Queue {
     /// Complete one chain: write its used element, then publish `used.idx` (§2.7.8).
     ///
     /// Rejects `head_index >= size` and heads not in flight without writing anything.
-    #[inline]
+    #[inline(always)]
     pub fn push_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -698,7 +746,7 @@ impl Queue {
         // look at `avail.idx` again, or work published in between would get no kick and we
         // would not see it either.
         mem.fence(Barrier::KickRecheck);
-        Ok(self.pending(mem)? != 0)
+        self.pending(mem)
     }
 
     /// Whether the device currently asks for available-buffer notifications.
@@ -719,6 +767,7 @@ impl Queue {
     /// queue this returns the sticky error in O(1).
     ///
     /// `handle` gets each chain and says what to do with it ([`Completion`]).
+    #[inline]
     pub fn drain<M, F>(
         &mut self,
         mem: &M,
@@ -736,28 +785,36 @@ impl Queue {
     }
 }
 
-impl<M: GuestMemory + ?Sized> DrainRing<M, DescriptorChain> for Queue {
+impl<M: GuestMemory + ?Sized, const W: usize> DrainRing<M, DescriptorChain> for Queue<W> {
+    #[inline(always)]
     fn kicks_off(&mut self, mem: &M) -> Result<(), QueueError> {
         self.disable_notification(mem)
     }
+    #[inline(always)]
     fn kicks_on(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.enable_notification(mem)
     }
+    #[inline(always)]
     fn pending(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.has_pending(mem)
     }
+    #[inline(always)]
     fn pop(&mut self, mem: &M, chain: &mut DescriptorChain) -> Result<bool, QueueError> {
         Ok(self.pop_avail(mem)?.map(|c| *chain = c).is_some())
     }
+    #[inline(always)]
     fn complete(&mut self, mem: &M, chain: &DescriptorChain, len: u32) -> Result<(), QueueError> {
         self.add_used(mem, chain.head_index(), len)
     }
+    #[inline(always)]
     fn stop(&mut self, e: ChainError) {
         self.mark_broken(e);
     }
+    #[inline(always)]
     fn publish(&mut self, mem: &M) -> Result<u16, QueueError> {
         self.publish_used(mem)
     }
+    #[inline(always)]
     fn must_notify(&mut self, mem: &M) -> Result<bool, QueueError> {
         self.needs_notification(mem)
     }
@@ -773,7 +830,9 @@ impl Queue {
             Err(e) => Err(e),
         }
     }
+}
 
+impl<const W: usize> Queue<W> {
     /// Set the queue size as the driver requests it (`QueueNum`), refusing instead of rounding
     /// what [`set_size`](Self::set_size) would change: 0, above `max_size`, or not a power of
     /// two (§4.2.2.2, SPLIT-01). On error the size is unchanged.
@@ -801,6 +860,96 @@ const fn check_split_size(size: u16, max: u16) -> Result<(), crate::error::SizeE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The queue's own state is a fixed 96 bytes on a 64-bit target (public configuration and
+    /// cursors 41, the sticky error 32, bookkeeping and the in-flight count 23), and the
+    /// in-flight bitmap is what the caller sized: one bit per head.
+    #[test]
+    fn footprint_is_the_core_plus_the_bitmap_the_caller_sized() {
+        let core = size_of::<Queue<1>>() - 8;
+        assert!(core <= 96, "core {core}");
+        assert_eq!(size_of::<Queue<4>>(), core + 32);
+        assert_eq!(size_of::<Queue>(), core + 4096);
+        let q = Queue::<{ in_flight_words(256) }>::with_capacity(1024);
+        assert_eq!(
+            (
+                q.max_size,
+                Queue::<4>::CAPACITY,
+                Queue::<SPLIT_WORDS>::CAPACITY
+            ),
+            (256, 256, 32768)
+        );
+        assert_eq!(in_flight_words(0), 1);
+        assert_eq!(in_flight_words(65), 2);
+    }
+
+    /// `quick_valid` never accepts what `is_valid` refuses, and refuses a valid configuration
+    /// only with a ring above 2⁶³.
+    #[test]
+    fn quick_validity_implies_validity() {
+        let addrs = [
+            0u64,
+            1,
+            2,
+            4,
+            8,
+            16,
+            0x1000,
+            0x1002,
+            0x1004,
+            1 << 63,
+            (1 << 63) + 16,
+            u64::MAX - (1 << 20),
+            u64::MAX - (1 << 20) + 16,
+            u64::MAX - 15,
+            u64::MAX,
+        ];
+        // Every triple natively; under Miri (which interprets each step) every fourth address
+        // for the descriptor table.
+        let step = if cfg!(miri) { 4 } else { 1 };
+        // One queue, its public fields set for each case (nothing else takes part).
+        let mut q = Queue::new(32768);
+        for ready in [false, true] {
+            for (size, max) in [
+                (0u16, 256u16),
+                (256, 256),
+                (128, 256),
+                (512, 256),
+                (3, 256),
+                (32768, 32768),
+            ] {
+                for &d in addrs.iter().step_by(step) {
+                    for &a in &addrs {
+                        for &u in &addrs {
+                            q.max_size = max;
+                            (q.ready, q.size) = (ready, size);
+                            q.desc_table_addr = GuestAddress(d);
+                            q.avail_ring_addr = GuestAddress(a);
+                            q.used_ring_addr = GuestAddress(u);
+                            if q.quick_valid() {
+                                assert!(q.is_valid(), "{q:?}");
+                            } else if q.is_valid() {
+                                assert!([d, a, u].iter().any(|&x| x > 1 << 63), "{q:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // A queue whose size outgrew its bitmap (the public `max_size` raised by hand) is not
+        // valid.
+        let mut q = Queue::<1>::with_capacity(64);
+        q.max_size = 128;
+        (q.ready, q.size) = (true, 128);
+        (q.desc_table_addr, q.avail_ring_addr, q.used_ring_addr) = (
+            GuestAddress(0x1000),
+            GuestAddress(0x2000),
+            GuestAddress(0x3000),
+        );
+        assert!(!q.quick_valid() && !q.is_valid());
+        q.size = 64;
+        assert!(q.quick_valid() && q.is_valid());
+    }
 
     #[test]
     fn floor_pow2_matches_definition() {

@@ -3,7 +3,7 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::{Config, Queue, layout};
+use super::{Queue, layout};
 use crate::chain::DescriptorChain;
 use crate::error::{QueueError, Sticky};
 use crate::in_flight::InFlight;
@@ -69,7 +69,7 @@ const QUEUE_FEATURES: Features = Features::INDIRECT_DESC
     .union(Features::EVENT_IDX)
     .union(Features::IN_ORDER);
 
-impl Queue {
+impl<const W: usize> Queue<W> {
     /// Bytes [`save_into`](Self::save_into) writes for this queue: 16 + 80 plus one bit per
     /// possible head (`max_size`), rounded up to 8 bytes (128 bytes for a queue of 256).
     pub const fn state_len(&self) -> usize {
@@ -174,7 +174,7 @@ impl Queue {
             return Err(invalid(StateField::Reserved));
         }
 
-        let mut q = Queue::new(self.max_size);
+        let mut q = Self::with_capacity(self.max_size);
         q.ready = flag(f.ready, StateField::Ready)?;
         let size = f.size.get();
         if size > self.max_size || (size != 0 && !size.is_power_of_two()) || (q.ready && size == 0)
@@ -223,7 +223,6 @@ impl Queue {
         q.avail_cursor = next_avail;
         q.used_cursor = next_used;
         q.shadow_avail_idx = next_avail;
-        q.shadow_base = next_avail;
         q.published_used_idx = published;
         q.notify_base = base;
         q.unsignalled = unsignalled;
@@ -258,14 +257,6 @@ impl Queue {
                     return Err(invalid(StateField::UsedIdx));
                 }
             }
-            q.validated = Some(Config {
-                size: q.size,
-                max_size: q.max_size,
-                ready: q.ready,
-                desc: q.desc_table_addr,
-                avail: q.avail_ring_addr,
-                used: q.used_ring_addr,
-            });
         }
         *self = q;
         Ok(())
@@ -312,7 +303,11 @@ impl Queue {
 }
 
 /// The field a `check_rings` failure names.
-fn ring_error<M: GuestMemory + ?Sized>(q: &Queue, e: QueueError, mem: &M) -> StateError {
+fn ring_error<M: GuestMemory + ?Sized, const W: usize>(
+    q: &Queue<W>,
+    e: QueueError,
+    mem: &M,
+) -> StateError {
     let s = q.size;
     let areas = [
         (

@@ -18,8 +18,9 @@ use virtq::{
 /// The sizes, in bytes.
 #[unsafe(no_mangle)]
 #[used]
-pub static VIRTQ_SIZES: [u32; 12] = [
+pub static VIRTQ_SIZES: [u32; 13] = [
     size_of::<Queue>() as u32,
+    size_of::<Queue<{ virtq::split::in_flight_words(256) }>>() as u32,
     size_of::<PackedQueue>() as u32,
     size_of::<PackedChain>() as u32,
     size_of::<MmioTransport<(), HostRegion, 1>>() as u32,

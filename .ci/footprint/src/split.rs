@@ -9,6 +9,7 @@ use common::{cfg, halt, wait_for_kick};
 use core::ptr::NonNull;
 
 use virtq::memory::HostRegion;
+use virtq::split::in_flight_words;
 use virtq::{Features, GuestAddress, GuestMemory, Queue};
 
 /// Entry point.
@@ -20,7 +21,8 @@ pub extern "C" fn _start() -> ! {
     // SAFETY: linked, never run; a real hypervisor passes its mapping of guest RAM here.
     let mem = unsafe { HostRegion::new(GuestAddress(u64::from(cfg(1))), host, cfg(2) as usize) };
     let Ok(mem) = mem else { halt() };
-    let mut q = Queue::new(256);
+    // In-flight storage sized to the queue, as firmware would (`Queue::new` holds 32768 heads).
+    let mut q = Queue::<{ in_flight_words(256) }>::with_capacity(256);
     q.set_size(cfg(3) as u16);
     q.desc_table_addr = GuestAddress(u64::from(cfg(4)));
     q.avail_ring_addr = GuestAddress(u64::from(cfg(5)));
