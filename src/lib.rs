@@ -98,6 +98,7 @@ pub mod chain;
 #[cfg(feature = "defmt")]
 mod defmt_format;
 pub mod error;
+mod fifo;
 mod in_flight;
 pub mod in_order;
 pub mod io;
