@@ -341,7 +341,6 @@ enum Walk<'m, M: ?Sized> {
 }
 
 /// The split-ring walk: descriptor table, then possibly one indirect table (§2.7.5).
-#[derive(Debug)]
 struct SplitWalk<'m, M: ?Sized> {
     mem: &'m M,
     /// Table being walked: the descriptor table, then possibly one indirect table.
@@ -357,6 +356,10 @@ struct SplitWalk<'m, M: ?Sized> {
     indirect_allowed: bool,
     budget: ChainBudget,
 }
+
+debug_fields!(['m, M: ?Sized + fmt::Debug] ['m, M] SplitWalk {
+    mem, table, table_len, next, hops, in_indirect, indirect_allowed, budget
+});
 
 impl<M: GuestMemory + ?Sized> SplitWalk<'_, M> {
     /// End the walk with `e`. Cold: a malformed chain is the rare case, so its paths are laid
@@ -552,7 +555,6 @@ impl PartialEq for PackedBody {
 /// The packed-ring walk (§2.8.6, §2.8.7): the direct buffers copied at pop, then what follows
 /// them: nothing, an error, or one indirect table read entry by entry, in order. It borrows
 /// the chain, so it is no larger than the split walk.
-#[derive(Debug)]
 struct PackedWalk<'m, M: ?Sized> {
     mem: &'m M,
     body: &'m PackedBody,
@@ -563,6 +565,8 @@ struct PackedWalk<'m, M: ?Sized> {
     done: bool,
     budget: ChainBudget,
 }
+
+debug_fields!(['m, M: ?Sized + fmt::Debug] ['m, M] PackedWalk { mem, body, pos, idx, done, budget });
 
 impl<'m, M: GuestMemory + ?Sized> DescriptorIter<'m, M> {
     /// The walk of a packed chain; an indirect table gets a budget of `size` buffers.

@@ -93,6 +93,8 @@
 
 #[macro_use]
 mod log;
+#[macro_use]
+mod debug_fields;
 
 pub mod chain;
 #[cfg(feature = "defmt")]

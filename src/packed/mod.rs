@@ -95,7 +95,7 @@ use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 pub const PACKED_DEFAULT_DIRECT: usize = 16;
 
 /// Where a popped packed chain lives in the ring, and who may complete it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct ChainHead {
     /// Buffer ID from the chain's last descriptor.
     id: u16,
@@ -114,6 +114,17 @@ struct ChainHead {
     /// Queue size: the buffer limit of an indirect table walk.
     size: u16,
 }
+
+debug_fields!(ChainHead {
+    id,
+    slot,
+    wrap,
+    count,
+    token,
+    generation,
+    ring,
+    size,
+});
 
 impl ChainHead {
     const EMPTY: Self = Self {
@@ -382,7 +393,7 @@ fn desc_event_fires(off_wrap: u16, old: Pos, moved: u32, size: u16) -> bool {
 /// QueueNumMax, QueueNum, QueueReady, QueueDesc/Driver/Device) and the device's two cursors
 /// with their wrap counters. Everything the guest controls is read through [`GuestMemory`] and
 /// validated on every use; the cursors are checked (`< size`) before every use too.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PackedQueue {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), ≤ 32768, any value.
     #[doc(alias = "QueueNumMax")]
@@ -453,6 +464,35 @@ pub struct PackedQueue {
     /// The flags last stored in the device event structure (`None`: not written since reset).
     device_event_flags: Option<RingEventFlags>,
 }
+
+debug_fields!(PackedQueue {
+    max_size,
+    size,
+    ready,
+    desc_ring_addr,
+    driver_event_addr,
+    device_event_addr,
+    next_avail_idx,
+    avail_wrap_counter,
+    next_used_idx,
+    used_wrap_counter,
+    features,
+    error,
+    generation,
+    in_flight_descs,
+    in_flight,
+    held,
+    unpublished,
+    unpublished_moved,
+    published,
+    unsignalled_moved,
+    signalled,
+    kicks_enabled,
+    used_cursor,
+    unclaimed_chains,
+    unclaimed_descs,
+    device_event_flags,
+});
 
 impl PackedQueue {
     /// A queue that accepts up to `max_size` descriptors (clamped to 32768). `size` starts at
