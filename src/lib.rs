@@ -94,6 +94,8 @@
 #[macro_use]
 mod log;
 #[macro_use]
+mod plant;
+#[macro_use]
 mod debug_fields;
 
 pub mod chain;

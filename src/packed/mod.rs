@@ -758,6 +758,7 @@ impl PackedQueue {
         mem: &M,
         chain: &mut PackedChain<N>,
     ) -> Result<bool, QueueError> {
+        plant_panic!("packed", self.next_avail_idx == 0x5eed);
         let (head, body) = chain.parts_mut();
         body.clear();
         head.count = 0;

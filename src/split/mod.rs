@@ -436,6 +436,7 @@ impl Queue {
         &mut self,
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
+        plant_panic!("split", self.next_avail_idx == 0x5eed);
         self.usable()?;
         if self.pending(mem)? == 0 && !self.rearm(mem)? {
             return Ok(None);
