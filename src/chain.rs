@@ -567,7 +567,9 @@ struct PackedWalk<'m, M: ?Sized> {
     budget: ChainBudget,
 }
 
-debug_fields!(['m, M: ?Sized + fmt::Debug] ['m, M] PackedWalk { mem, body, pos, idx, done, budget });
+debug_fields!(['m, M: ?Sized + fmt::Debug] ['m, M] PackedWalk {
+    mem, body, pos, idx, done, budget
+});
 
 impl<'m, M: GuestMemory + ?Sized> DescriptorIter<'m, M> {
     /// The walk of a packed chain; an indirect table gets a budget of `size` buffers.

@@ -58,7 +58,9 @@ impl<const W: usize> InFlight<W> {
         if !bytes.len().is_multiple_of(8) || bytes.len() / 8 > W {
             return None;
         }
-        for (i, (chunk, slot)) in bytes.chunks_exact(8).zip(set.bits.iter_mut()).enumerate() {
+        // Indexed by a range, not `enumerate()`, whose counter keeps an overflow panic under
+        // `overflow-checks = true`.
+        for (i, (chunk, slot)) in (0..W).zip(bytes.chunks_exact(8).zip(set.bits.iter_mut())) {
             let mut b = [0u8; 8];
             b.copy_from_slice(chunk);
             let w = u64::from_le_bytes(b);
