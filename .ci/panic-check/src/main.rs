@@ -10,10 +10,12 @@
 //! What it reaches: both queues directly (every method, `drain` and `drain_into`,
 //! `pop_avail_into`, IN_ORDER completion on both formats) over `HostRegion`, `RegionTable` and
 //! `dyn GuestMemory`; `PackedChain<N>` for N = 1, 16, 19 and 256; the byte-level readers and
-//! writers (copied and lazy) over split and packed chains; `InOrder`; the MMIO transport with a
-//! split-only device and with a device that serves packed rings (`PACKED_RING = true`), driven
-//! by opaque register traffic; and the `Debug` and `Display` implementations of every public
-//! type, formatted into a fixed buffer through `core::fmt::Write`.
+//! writers (copied and lazy) over split and packed chains; `InOrder`; the MMIO and PCI
+//! transports with a split-only device and with a device that serves packed rings
+//! (`PACKED_RING = true`), driven by opaque register, configuration and BAR traffic; save and
+//! restore of both queues, of packed chains and of the MMIO transport from opaque state bytes;
+//! and the `Debug`, `Display` and `Hash` implementations of every public type (text formatted
+//! into a fixed buffer through `core::fmt::Write`).
 //!
 //! The binary is never run; it exists to be linked. Build: `.ci/panic-check/build.sh`
 //! (release, fat LTO; opt-level 3 and "s", with and without overflow checks).
@@ -29,9 +31,15 @@ use virtq::in_order::InOrder;
 use virtq::io::{ChainReader, ChainWriter, IoError, Reader, Writer, split_descriptors};
 use virtq::memory::{GuestMemoryExt, HostRegion, RegionTable};
 use virtq::notify::{DrainReport, need_event};
+use virtq::packed::state::{PackedFields, SavedBuffer, SavedChainHeader};
 use virtq::packed::{PackedChain, PackedQueue};
+use virtq::snapshot::{ErrorCode, Header, Snapshot, StateError, StateField, StateKind};
+use virtq::split::state::SplitFields;
+use virtq::transport::mmio::state::MmioFields;
+use virtq::transport::pci::{MsiMessage, MsixVectors, PciEvents, PciIds};
 use virtq::transport::{
-    MmioTransport, MmioVersion, NotifyMode, QueueSetupError, VirtioDevice, config_read,
+    CoreFields, MmioTransport, MmioVersion, NotifyMode, PciOutcome, PciTransport, QueueRegsFields,
+    QueueSetupError, VirtioDevice, config_read,
 };
 use virtq::wire::{
     self, AvailFlags, DescFlags, DeviceStatus, EventSuppress, PackedDesc, RingEventFlags,
@@ -58,8 +66,10 @@ fn panic(_: &PanicInfo<'_>) -> ! {
 // Opaque inputs and outputs
 // ---------------------------------------------------------------------------------------------
 
-/// Where the opaque inputs come from: 64-byte slots the optimiser knows nothing about.
-static mut SEED: [[u64; 8]; 8] = [[0; 8]; 8];
+/// Where the opaque inputs come from: 256-byte slots the optimiser knows nothing about.
+static mut SEED: [[u64; 32]; 8] = [[0; 32]; 8];
+/// Saved states to restore from (contents made opaque by `black_box` on every use).
+static mut STATE: [u8; 0x4000] = [0; 0x4000];
 /// Guest RAM for the provided accessors.
 static mut RAM: [u8; 0x10000] = [0; 0x10000];
 /// Where results go, so nothing is optimised away.
@@ -68,9 +78,9 @@ static mut SINK: u64 = 0;
 /// Any valid value of a plain-data type `T` (integers, flags, the library's error and report
 /// enums): a volatile read of slot `k` of `SEED`, so the optimiser must assume every value.
 fn any<T: Copy>(k: usize) -> T {
-    const { assert!(size_of::<T>() <= 64 && align_of::<T>() <= 8) };
-    let slot = (&raw const SEED).cast::<[u64; 8]>().wrapping_add(k % 8);
-    // SAFETY: the slot is 64 bytes, 8-aligned, and covers `T` (checked above). The program is
+    const { assert!(size_of::<T>() <= 256 && align_of::<T>() <= 8) };
+    let slot = (&raw const SEED).cast::<[u64; 32]>().wrapping_add(k % 8);
+    // SAFETY: the slot is 256 bytes, 8-aligned, and covers `T` (checked above). The program is
     // never executed; for the optimiser the read yields an arbitrary valid `T`, which is all
     // the check needs (only types without invariants beyond their bit validity are read).
     black_box(unsafe { read_volatile(slot.cast::<T>()) })
@@ -89,6 +99,29 @@ fn any_bool(k: usize) -> bool {
 }
 fn any_len(k: usize, max: usize) -> usize {
     any_u64(k) as usize % (max + 1)
+}
+
+/// A saved state of opaque contents and length, to restore from.
+fn any_state(k: usize) -> &'static [u8] {
+    let p = &raw const STATE;
+    // SAFETY: only shared references to `STATE` exist (nothing writes it through Rust); the
+    // `black_box` makes its contents opaque to the optimiser.
+    let all: &'static [u8; 0x4000] = black_box(unsafe { &*p });
+    all.get(..any_len(k, 0x4000)).unwrap_or(&[])
+}
+
+/// A buffer to save a state into.
+struct SaveBuf([u8; 0x1000]);
+
+impl SaveBuf {
+    fn new() -> Self {
+        Self([0; 0x1000])
+    }
+    /// The buffer cut to an opaque length.
+    fn out(&mut self, k: usize) -> &mut [u8] {
+        let n = any_len(k, 0x1000);
+        self.0.get_mut(..n).unwrap_or(&mut [])
+    }
 }
 
 fn sink<T>(v: T) {
@@ -126,6 +159,28 @@ fn debug<T: Debug + ?Sized>(v: &T) {
     sink(out.buf.get(..out.len).map(<[u8]>::len));
 }
 
+/// A `Hasher` whose input goes to the sink.
+struct SinkHasher(u64);
+
+impl core::hash::Hasher for SinkHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(5) ^ u64::from(b);
+        }
+    }
+}
+
+/// Hash `v` (queues and plain values implement `Hash`; equality too).
+fn hash<T: core::hash::Hash + PartialEq>(v: &T) {
+    let mut h = SinkHasher(0);
+    v.hash(&mut h);
+    sink(core::hash::Hasher::finish(&h));
+    sink(v == black_box(v));
+}
+
 /// Format `v` with `Display` and `Debug`.
 fn display<T: Display + Debug + ?Sized>(v: &T) {
     let mut out = FixedBuf {
@@ -147,6 +202,9 @@ fn plain_values() {
     display(&any::<MemoryError>(0));
     display(&any::<ChainError>(1));
     display(&any::<QueueError>(2));
+    hash(&any::<QueueError>(3));
+    hash(&any::<Descriptor>(4));
+    hash(&any::<PciOutcome>(5));
     display(&any::<IoError>(3));
     display(&any::<QueueSetupError>(4));
     display(&any::<GuestAddress>(5));
@@ -168,6 +226,37 @@ fn plain_values() {
     debug(&any::<UsedElem>(5));
     debug(&any::<PackedDesc>(6));
     debug(&any::<EventSuppress>(7));
+    display(&any::<StateError>(0));
+    debug(&any::<StateKind>(1));
+    debug(&any::<StateField>(2));
+    debug(&any::<Header>(3));
+    debug(&any::<ErrorCode>(4));
+    sink(any::<ErrorCode>(5).decode());
+    debug(&ErrorCode::encode(any::<Option<QueueError>>(6)));
+    debug(&any::<SplitFields>(7));
+    debug(&any::<PackedFields>(0));
+    debug(&any::<SavedChainHeader>(1));
+    debug(&any::<SavedBuffer>(2));
+    debug(&any::<MmioFields>(3));
+    debug(&any::<CoreFields>(4));
+    debug(&any::<QueueRegsFields>(5));
+    debug(&any::<PciIds>(6));
+    debug(&any::<PciEvents>(7));
+    debug(&any::<PciOutcome>(0));
+    debug(&any::<MsiMessage>(1));
+    let v = any::<MsixVectors>(2);
+    debug(&v);
+    sink((v.bits(), v.is_empty(), v.contains(any_u16(3))));
+    for i in v.iter() {
+        sink(i);
+    }
+    debug(&PciIds::for_device(any_u32(4)));
+    if let Ok(snap) = Snapshot::<512>::from_bytes(any_state(5)) {
+        let mut snap = snap;
+        sink(snap.as_bytes().len());
+        sink(snap.as_mut_bytes().len());
+        debug(&snap);
+    }
     any::<Barrier>(0).issue();
     sink(any::<Barrier>(1).ordering());
 
@@ -212,6 +301,7 @@ fn memory_calls<M: GuestMemory + ?Sized>(mem: &M) {
     sink(mem.load_u16(GuestAddress(any_u64(2))));
     sink(mem.store_u16(GuestAddress(any_u64(3)), any_u16(4)));
     sink(mem.check_range(GuestAddress(any_u64(5)), any_u64(6)));
+    sink(mem.check_u16_range(GuestAddress(any_u64(6)), any_u64(7)));
     mem.fence(any::<Barrier>(7));
     sink(mem.read_obj::<SplitDesc>(GuestAddress(any_u64(7))));
     sink(mem.read_obj::<PackedDesc>(GuestAddress(any_u64(0))));
@@ -386,6 +476,20 @@ fn queue_calls<M: GuestMemory + Debug + ?Sized>(mem: &M) {
     });
     sink(r);
     debug(&q);
+    hash(&q);
+
+    // Save and restore (§ save/restore: untrusted state bytes), and the chains held across it.
+    let mut buf = SaveBuf::new();
+    sink(q.state_len());
+    sink(q.save_into(buf.out(0)));
+    let snap = q.save();
+    sink(snap.as_bytes().len());
+    sink(q.restore(snap.as_bytes(), mem));
+    sink(q.restore(any_state(1), mem));
+    if let Ok(chain) = q.in_flight_chain(any_u16(2)) {
+        sink(q.push_used(mem, chain.head_index(), split_chain(mem, &chain)));
+    }
+    sink(q.resume(mem));
 
     let mut order = InOrder::<32>::new();
     sink(order.in_flight());
@@ -484,6 +588,26 @@ fn packed_calls<M: GuestMemory + Debug + ?Sized, const N: usize>(mem: &M) {
     });
     sink(r);
     debug(&q);
+    hash(&q);
+    sink(chain == *black_box(&chain));
+
+    // Save and restore, with the chains held across it saved and readopted.
+    let mut buf = SaveBuf::new();
+    let mut saved_chain = SaveBuf::new();
+    sink((chain.saved_len(), chain.save_into(saved_chain.out(0))));
+    sink(q.state_len());
+    sink(q.save_into(buf.out(1)));
+    let snap = q.save();
+    sink(q.restore(snap.as_bytes(), mem));
+    sink(q.restore(any_state(2), mem));
+    if q.readopt_into(mem, any_state(3), &mut chain).is_ok() {
+        let written = packed_chain(mem, &chain);
+        sink(q.push_used(mem, &chain, written));
+    }
+    if q.readopt_into(mem, saved_chain.out(4), &mut chain).is_ok() {
+        sink(q.add_used(mem, &chain, 0));
+    }
+    sink(q.resume(mem));
     q.reset();
     sink(q.pop_avail_into(mem, &mut chain));
 }
@@ -600,7 +724,7 @@ fn transport_calls<D: VirtioDevice + Debug, M: GuestMemory>(device: D, mem: M) {
     let mut t = MmioTransport::<D, M, 4>::new(device, mem, version);
     t.set_notify_mode(any::<NotifyMode>(1));
     for k in 0..8 {
-        sink(t.write(any_u64(k), any::<u8>(k + 1), any_u32(k + 2)));
+        sink(t.write(any_u64(k), any::<u8>(k + 1), any_u64(k + 2)));
         sink(t.read(any_u64(k + 3), any::<u8>(k + 4)));
     }
     t.take_kicks(sink);
@@ -622,8 +746,66 @@ fn transport_calls<D: VirtioDevice + Debug, M: GuestMemory>(device: D, mem: M) {
         display(&e);
     }
     debug(&t);
+    let mut buf = SaveBuf::new();
+    sink(t.state_len());
+    sink(t.save_into(buf.out(0)));
+    sink(t.restore(any_state(1)));
+    sink(t.resume());
     sink((t.device() as *const D, t.device_mut() as *mut D));
     sink(t.memory() as *const M);
+}
+
+/// Every `PciTransport` entry point, with opaque configuration and BAR traffic.
+fn pci_calls<D: VirtioDevice + Debug, M: GuestMemory>(device: D, mem: M) {
+    let mut f = if any_bool(0) {
+        PciTransport::<D, M, 4, 5>::new(device, mem)
+    } else {
+        PciTransport::<D, M, 4, 5>::with_ids(device, mem, any::<PciIds>(1))
+    };
+    f.set_notify_mode(any::<NotifyMode>(2));
+    for k in 0..8 {
+        debug(&f.config_write(any_u16(k), any::<u8>(k + 1), any_u64(k + 2)));
+        sink(f.config_read(any_u16(k + 3), any::<u8>(k + 4)));
+        sink(f.bar_write(
+            any::<u8>(k),
+            any_u64(k + 1),
+            any::<u8>(k + 2),
+            any_u64(k + 3),
+        ));
+        sink(f.bar_read(any::<u8>(k + 4), any_u64(k + 5), any::<u8>(k + 6)));
+        sink(f.memory_write(any_u64(k + 7), any::<u8>(k), any_u64(k + 1)));
+        sink(f.memory_read(any_u64(k + 2), any::<u8>(k + 3)));
+    }
+    f.take_kicks(sink);
+    sink(f.process_queue(any_u16(5)));
+    sink(f.poll());
+    sink(f.signal_config_change());
+    sink(f.raise_needs_reset());
+    sink(f.pci_reset());
+    sink((f.ids(), f.status(), f.is_live(), f.is_packed()));
+    sink((f.offered_features(), f.negotiated_features(), f.command()));
+    sink((
+        f.bar_address(any::<u8>(6)),
+        f.isr(),
+        f.msix_enabled(),
+        f.msix_control(),
+    ));
+    sink((f.intx_level(), f.msix_pending(), f.config_vector()));
+    sink(f.queue_vector(any_u16(7)));
+    if let Some(m) = f.msix_message(any_u16(0)) {
+        debug(&m);
+    }
+    for m in f.msix_messages(any::<MsixVectors>(1)) {
+        sink(m);
+    }
+    sink(f.queue(any_u16(2)).map(Queue::is_valid));
+    sink(f.packed_queue(any_u16(3)).map(PackedQueue::is_valid));
+    if let Some(e) = f.queue_setup_error(any_u16(4)) {
+        display(&e);
+    }
+    debug(&f);
+    sink((f.device() as *const D, f.device_mut() as *mut D));
+    sink(f.memory() as *const M);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,10 +866,11 @@ fn run() {
         Completion::Used(chain.descriptor_count().into())
     }));
 
-    if any_bool(2) {
-        transport_calls(OpaqueDevice, table);
-    } else {
-        transport_calls(OpaquePackedDevice, table);
+    match any_u64(2) % 4 {
+        0 => transport_calls(OpaqueDevice, table),
+        1 => transport_calls(OpaquePackedDevice, table),
+        2 => pci_calls(OpaqueDevice, table),
+        _ => pci_calls(OpaquePackedDevice, table),
     }
 }
 
