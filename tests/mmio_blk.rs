@@ -19,6 +19,16 @@ type Blk = VirtIOBlk<GuestHal, GuestMmio<SharedDevice<BlkDevice, 1>>>;
 const SECTORS: u64 = 2048; // 1 MiB
 
 fn matrix() -> Vec<(MmioVersion, Features)> {
+    if cfg!(miri) {
+        // Miri samples two corners: v2 with every optional feature, legacy with none.
+        return vec![
+            (
+                MmioVersion::V2,
+                Features::INDIRECT_DESC | Features::EVENT_IDX,
+            ),
+            (MmioVersion::Legacy, Features::empty()),
+        ];
+    }
     let feats = [
         Features::empty(),
         Features::INDIRECT_DESC,
@@ -143,6 +153,8 @@ fn unwritten_device_buffers_are_poisoned() {
 }
 
 /// SPLIT-*: more than 65 536 requests, so `avail.idx` and `used.idx` wrap, on both versions.
+/// Miri runs 40 requests (no wrap: the wrap is index arithmetic, which it has nothing to add
+/// to, and 65 536 requests would take it hours).
 #[test]
 fn indices_wrap() {
     for (version, extra) in [
@@ -155,19 +167,19 @@ fn indices_wrap() {
         let data = pattern(3, 512, 1);
         blk.write_blocks(3, &data).unwrap();
         let mut back = [0u8; 512];
-        const N: usize = 65_536 + 300;
-        for i in 0..N {
+        let n: usize = if cfg!(miri) { 40 } else { 65_536 + 300 };
+        for i in 0..n {
             back.fill(0);
             blk.read_blocks(3, &mut back).unwrap();
-            if i % 4096 == 0 || i > 65_500 {
+            if i % 4096 == 0 || i + 36 >= n {
                 assert_eq!(&back[..], &data[..], "request {i}");
             }
         }
         let t = dev.lock().unwrap();
         let q = t.queue(0).unwrap();
-        assert_eq!(t.device().stats.requests, N as u64 + 1);
-        // N + 1 requests: the free-running indices wrapped once.
-        assert_eq!(q.next_avail_idx, ((N + 1) % 65_536) as u16);
+        assert_eq!(t.device().stats.requests, n as u64 + 1);
+        // n + 1 requests: the free-running indices wrapped once (natively).
+        assert_eq!(q.next_avail_idx, ((n + 1) % 65_536) as u16);
         assert_eq!(q.next_used_idx, q.next_avail_idx);
     }
 }

@@ -129,6 +129,14 @@ fn packed_device<'m, D: VirtioDevice, const Q: usize>(
 }
 
 fn matrix() -> Vec<(Features, u16)> {
+    if cfg!(miri) {
+        // Miri samples two corners: every optional feature on a size that is not a power of
+        // two, none on 16.
+        return vec![
+            (Features::INDIRECT_DESC | Features::EVENT_IDX, 6),
+            (Features::empty(), 16),
+        ];
+    }
     let feats = [
         Features::empty(),
         Features::INDIRECT_DESC,
@@ -318,8 +326,10 @@ fn blk_round_trip_packed_matrix() {
         let drv = &mut drivers[0];
         let what = format!("{extra:?} size {size}");
 
-        // Write then read back 40 sectors: several laps of the ring for both sizes.
-        for k in 0..40u64 {
+        // Write then read back 40 sectors: several laps of the ring for both sizes. Miri
+        // does 4; the requests after them still take both sizes past the end of the ring.
+        let sectors = if cfg!(miri) { 4 } else { 40 };
+        for k in 0..sectors {
             let sector = (k * 7) % 64;
             let pattern: Vec<u8> = (0..512u32).map(|i| (i as u64 + k) as u8).collect();
             blk_header(&mem, blk::T_OUT, sector);
@@ -390,7 +400,7 @@ fn blk_round_trip_packed_matrix() {
 
         let stats = t.device().stats;
         assert_eq!(stats.malformed, 0);
-        assert_eq!(stats.requests, 80 + 3 + u64::from(batch) + 1);
+        assert_eq!(stats.requests, 2 * sectors + 3 + u64::from(batch) + 1);
         assert_eq!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0);
     }
 }
@@ -474,8 +484,13 @@ fn net_loopback_packed_matrix() {
         assert_eq!(mac, net::MAC);
 
         // 3 × size frames of growing length (12-byte header + payload), one receive buffer
-        // posted per frame.
-        for k in 0..3 * u32::from(size) {
+        // posted per frame; size + 2 under Miri (past the end of both rings once).
+        let frames = if cfg!(miri) {
+            u32::from(size) + 2
+        } else {
+            3 * u32::from(size)
+        };
+        for k in 0..frames {
             let rxbuf = 0x33_0000;
             let rid = post_rx(rx, indirect, rxbuf, 1526, 1)[0];
             let hdr = [0u8; 12];
@@ -500,7 +515,7 @@ fn net_loopback_packed_matrix() {
             frame.extend(&payload);
             assert_eq!(mem.peek(rxbuf, frame.len()), frame, "{what} frame {k}");
         }
-        assert_eq!(t.device().looped, 3 * u64::from(size));
+        assert_eq!(t.device().looped, u64::from(frames));
         assert_eq!(t.device().dropped, 0);
         assert_eq!(t.read(regs::STATUS, 4) & NEEDS_RESET, 0);
     }
@@ -682,7 +697,14 @@ fn packed_queue_of_any_size_up_to_the_device_max_issue15() {
         assert_eq!(setup_queue(&mut t, 0, u32::from(size), (d, a, u)), None);
         assert_eq!(t.packed_queue(0).unwrap().size, size);
         go_live(&mut t);
-        for k in 0..2 * u64::from(size) + 3 {
+        // Several laps natively. Miri (a request costs it seconds) goes once past the end of
+        // the ring of 37 and sends one write and read at the maximum size.
+        let rounds = match (cfg!(miri), size) {
+            (false, _) => 2 * u64::from(size) + 3,
+            (true, 37) => u64::from(size) / 6 + 2,
+            (true, _) => 1,
+        };
+        for k in 0..rounds {
             let sector = k % 64;
             let pattern: Vec<u8> = (0..512u64).map(|i| (i * 3 + k) as u8).collect();
             blk_header(&mem, blk::T_OUT, sector);

@@ -976,7 +976,8 @@ fn every_offset_and_width_issue15() {
         wr(&mut d, regs::STATUS, ACK_DRV | FEAT_OK | DRV_OK);
         assert!(d.is_live() && d.queue(0).unwrap().ready, "{version:?}");
         let before = observe(&d);
-        for off in 0..regs::CONFIG {
+        // Miri takes every fifth offset (every alignment, a fifth of the registers).
+        for off in (0..regs::CONFIG).step_by(if cfg!(miri) { 5 } else { 1 }) {
             for width in [0u8, 1, 2, 3, 4, 8, 16] {
                 let valid = width == 4 && off % 4 == 0;
                 let v = d.read(off, width);

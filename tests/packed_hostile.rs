@@ -368,18 +368,31 @@ fn direct_chain_content_errors_are_consumed_and_reported() {
 /// (`LengthOverflow`); exactly u32::MAX is accepted (both sides).
 #[test]
 fn h7f_total_length_overflow_via_indirect_table() {
-    let run = |last_len: u32| -> Result<usize, ChainError> {
-        let mem = TestMemory::m0();
-        let (mut drv, mut q) = setup(&mem, 16384, Features::INDIRECT_DESC);
-        let mut entries: Vec<_> = (0..8191).map(|_| (B, 0x8_0000u32, W)).collect();
+    // `count` entries of `each` bytes sum to 2^32. Natively 8192 entries of 512 KiB in a ring
+    // of 16384; under Miri, where every entry read and every byte of the ring zeroed is slow,
+    // 256 entries of 16 MiB in a ring of 256 over a larger RAM (not larger still: dropping a
+    // RAM of many pages is slow under tree borrows): the same boundary.
+    let (count, each, size): (u32, u32, u16) = if cfg!(miri) {
+        (256, 0x100_0000, 256)
+    } else {
+        (8192, 0x8_0000, 16384)
+    };
+    let run = |last_len: u32| -> Result<u32, ChainError> {
+        let mem = if cfg!(miri) {
+            TestMemory::new(&[(0, 0x110_0000)])
+        } else {
+            TestMemory::m0()
+        };
+        let (mut drv, mut q) = setup(&mem, size, Features::INDIRECT_DESC);
+        let mut entries: Vec<_> = (1..count).map(|_| (B, each, W)).collect();
         entries.push((B, last_len, W));
         drv.write_table(0x5_0000, &entries);
-        drv.publish_raw(1, &[(0x5_0000, 16 * 8192, I)]);
+        drv.publish_raw(1, &[(0x5_0000, 16 * count, I)]);
         let c = q.pop_avail(&mem).unwrap().unwrap();
         c.iter(&mem).try_fold(0, |n, d| d.map(|_| n + 1))
     };
-    assert_eq!(run(0x7_FFFF), Ok(8192), "exactly u32::MAX bytes");
-    assert_eq!(run(0x8_0000), Err(ChainError::LengthOverflow));
+    assert_eq!(run(each - 1), Ok(count), "exactly u32::MAX bytes");
+    assert_eq!(run(each), Err(ChainError::LengthOverflow));
 }
 
 // ---- H13: in-flight overcommit ---------------------------------------------------------------

@@ -27,6 +27,9 @@ fn holes_refuse_and_seams_split() {
         t.insert(region(&mut [0u64; 1], 0x1008)),
         Err(MemoryError::BadRegion)
     );
+    // Inserted out of order, kept sorted.
+    let bases: std::vec::Vec<u64> = t.regions().iter().map(|r| r.guest_base().0).collect();
+    assert_eq!(bases, [0x1000, 0x1040, 0x2000]);
 
     // Seam: one write split across `a` and `b`, read back whole.
     let data: std::vec::Vec<u8> = (0..32).collect();

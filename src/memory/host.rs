@@ -358,6 +358,7 @@ impl GuestMemory for HostRegion {
 
     #[inline]
     fn load_u16(&self, addr: GuestAddress) -> Result<u16, MemoryError> {
+        plant_panic!("memory", addr.0 == 0x5eed);
         let p = self.word_ptr(addr)?;
         // SAFETY: `word_ptr` checked that the two bytes are inside the region and 2-aligned.
         Ok(u16::from_le(unsafe { word(p) }.load(Relaxed)))

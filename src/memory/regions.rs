@@ -39,11 +39,6 @@ impl<const N: usize> RegionTable<N> {
         // `HostRegion::new` checked that `base + len` does not overflow.
         let start = region.guest_base().0;
         let end = range_end(region.guest_base(), region.len())?;
-        let pos = self
-            .regions
-            .iter()
-            .position(|r| r.guest_base().0 > start)
-            .unwrap_or(self.regions.len());
         let overlaps = self.regions.iter().any(|r| {
             let (rs, re) = (r.guest_base().0, r.guest_base().0.saturating_add(r.len()));
             start < re && rs < end
@@ -52,8 +47,20 @@ impl<const N: usize> RegionTable<N> {
             return Err(MemoryError::BadRegion);
         }
         self.regions
-            .insert(pos, region)
-            .map_err(|_| MemoryError::BadRegion)
+            .push(region)
+            .map_err(|_| MemoryError::BadRegion)?;
+        // Move it down to its place in address order: swaps over checked windows, not
+        // `Vec::insert`, whose `len + 1` keeps a panic path under `overflow-checks = true`.
+        let s = self.regions.as_mut_slice();
+        let mut i = s.len();
+        while let Some([lo, hi]) = i.checked_sub(2).and_then(|a| s.get_mut(a..i)) {
+            if lo.guest_base() < hi.guest_base() {
+                break;
+            }
+            core::mem::swap(lo, hi);
+            i = i.wrapping_sub(1);
+        }
+        Ok(())
     }
 
     /// The regions, sorted by guest address.

@@ -22,7 +22,7 @@ use crate::memory::{GuestAddress, GuestMemory};
 pub const PACKED_DEFAULT_DIRECT: usize = 16;
 
 /// Where a popped packed chain lives in the ring, and who may complete it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ChainHead {
     /// Buffer ID from the chain's last descriptor.
     pub(crate) id: u16,
@@ -41,6 +41,17 @@ pub(crate) struct ChainHead {
     /// Queue size: the buffer limit of an indirect table walk.
     pub(crate) size: u16,
 }
+
+debug_fields!(ChainHead {
+    id,
+    slot,
+    wrap,
+    count,
+    token,
+    generation,
+    ring,
+    size
+});
 
 impl ChainHead {
     pub(crate) const EMPTY: Self = Self {

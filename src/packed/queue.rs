@@ -17,7 +17,7 @@ use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 /// QueueNumMax, QueueNum, QueueReady, QueueDesc/Driver/Device) and the device's two cursors
 /// with their wrap counters. Everything the guest controls is read through [`GuestMemory`] and
 /// validated on every use; the cursors are checked (`< size`) before every use too.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PackedQueue {
     /// Largest size the device accepts (§4.2.2 `QueueNumMax`), ≤ 32768, any value.
     #[doc(alias = "QueueNumMax")]
@@ -88,6 +88,35 @@ pub struct PackedQueue {
     /// The flags last stored in the device event structure (`None`: not written since reset).
     pub(super) device_event_flags: Option<RingEventFlags>,
 }
+
+debug_fields!(PackedQueue {
+    max_size,
+    size,
+    ready,
+    desc_ring_addr,
+    driver_event_addr,
+    device_event_addr,
+    next_avail_idx,
+    avail_wrap_counter,
+    next_used_idx,
+    used_wrap_counter,
+    features,
+    error,
+    generation,
+    in_flight_descs,
+    in_flight,
+    held,
+    unpublished,
+    unpublished_moved,
+    published,
+    unsignalled_moved,
+    signalled,
+    kicks_enabled,
+    used_cursor,
+    unclaimed_chains,
+    unclaimed_descs,
+    device_event_flags
+});
 
 impl PackedQueue {
     /// A queue that accepts up to `max_size` descriptors (clamped to 32768;
@@ -402,6 +431,7 @@ impl PackedQueue {
         mem: &M,
         chain: &mut PackedChain<N>,
     ) -> Result<bool, QueueError> {
+        plant_panic!("packed", self.next_avail_idx == 0x5eed);
         let (head, body) = chain.parts_mut();
         body.clear();
         head.count = 0;

@@ -29,7 +29,7 @@ use crate::wire::{DescFlags, Features, MAX_QUEUE_SIZE, RingEventFlags};
 /// The field block of a packed queue's state, after the
 /// [`Header`](crate::snapshot::Header) and before the in-flight token bitmap
 /// (`8 * ceil(max_size / 64)` bytes).
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct PackedFields {
     /// `max_size` of the saved queue (sizes the token bitmap).
@@ -89,6 +89,37 @@ pub struct PackedFields {
     /// The sticky error.
     pub error: ErrorCode,
 }
+
+debug_fields!(PackedFields {
+    max_size,
+    size,
+    ready,
+    kicks_enabled,
+    avail_wrap_counter,
+    used_wrap_counter,
+    desc_ring_addr,
+    driver_event_addr,
+    device_event_addr,
+    features,
+    next_avail_idx,
+    next_used_idx,
+    in_flight_descs,
+    in_flight_chains,
+    held_slot,
+    held_flags,
+    has_held,
+    device_event_flags,
+    has_signalled,
+    signalled_wrap,
+    signalled_slot,
+    published_slot,
+    published_wrap,
+    reserved,
+    unpublished,
+    unpublished_moved,
+    unsignalled_moved,
+    error
+});
 
 const FIELDS_LEN: usize = core::mem::size_of::<PackedFields>();
 
@@ -559,7 +590,7 @@ const TAIL_ERROR: u8 = 2;
 
 /// The fixed part of a saved [`PackedChain`] ([`PackedChain::save_into`]), followed by its
 /// buffers ([`SavedBuffer`], 16 bytes each).
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct SavedChainHeader {
     /// `VC`.
@@ -593,6 +624,24 @@ pub struct SavedChainHeader {
     /// Second error payload.
     pub error_b: U64,
 }
+
+debug_fields!(SavedChainHeader {
+    magic,
+    token,
+    id,
+    slot,
+    count,
+    bufs,
+    wrap,
+    tail,
+    error_chain,
+    error_memory,
+    reserved,
+    table,
+    entries,
+    error_a,
+    error_b
+});
 
 const SAVED_CHAIN_HEADER_LEN: usize = core::mem::size_of::<SavedChainHeader>();
 

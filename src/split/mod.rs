@@ -485,6 +485,7 @@ impl<const W: usize> Queue<W> {
         &mut self,
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
+        plant_panic!("split", self.next_avail_idx == 0x5eed);
         self.usable()?;
         if !self.pending(mem)? && !self.rearm(mem)? {
             return Ok(None);

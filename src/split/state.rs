@@ -17,7 +17,7 @@ use crate::wire::{Features, MAX_QUEUE_SIZE};
 /// The field block of a split queue's state, after the [`Header`](crate::snapshot::Header) and
 /// before the in-flight bitmap (`8 * ceil(max_size / 64)` bytes, bit `h` set for each head
 /// `h` in flight).
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct SplitFields {
     /// `max_size` of the saved queue (sizes the in-flight bitmap).
@@ -55,6 +55,26 @@ pub struct SplitFields {
     /// The sticky error.
     pub error: ErrorCode,
 }
+
+debug_fields!(SplitFields {
+    max_size,
+    size,
+    ready,
+    kicks_enabled,
+    reserved,
+    desc_table_addr,
+    avail_ring_addr,
+    used_ring_addr,
+    features,
+    next_avail_idx,
+    next_used_idx,
+    published_used_idx,
+    notify_base,
+    unsignalled,
+    in_flight,
+    reserved2,
+    error
+});
 
 const FIELDS_LEN: usize = core::mem::size_of::<SplitFields>();
 

@@ -260,6 +260,11 @@ impl GuestMemory for GuestRam {
     fn check_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
         self.0.region.check_range(addr, len)
     }
+    /// The region's own answer (it knows its host pointer's alignment), not the provided one.
+    #[inline]
+    fn check_u16_range(&self, addr: GuestAddress, len: u64) -> Result<(), MemoryError> {
+        self.0.region.check_u16_range(addr, len)
+    }
 }
 
 /// `virtio-drivers`' `Hal` over the arena installed on the current thread.

@@ -22,7 +22,7 @@ use crate::transport::{NotifyMode, VirtioDevice};
 use crate::wire::{DeviceStatus, Features};
 
 /// The core's fields in a transport state.
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct CoreFields {
     /// The device status byte.
@@ -49,8 +49,22 @@ pub struct CoreFields {
     pub reserved2: U16,
 }
 
+debug_fields!(CoreFields {
+    status,
+    features_latched,
+    generation_fresh,
+    dma,
+    packed,
+    reserved,
+    driver_features,
+    negotiated,
+    config_generation,
+    queues,
+    reserved2
+});
+
 /// One queue's registers in a transport state, followed by the queue's state.
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct QueueRegsFields {
     /// The driver wrote a size (0 or 1).
@@ -78,6 +92,21 @@ pub struct QueueRegsFields {
     /// Device area address.
     pub device: U64,
 }
+
+debug_fields!(QueueRegsFields {
+    has_num,
+    enabled,
+    reported,
+    kicked,
+    refused,
+    reserved,
+    num,
+    refused_size,
+    state_len,
+    desc,
+    driver,
+    device
+});
 
 const CORE_LEN: usize = core::mem::size_of::<CoreFields>();
 const REGS_LEN: usize = core::mem::size_of::<QueueRegsFields>();

@@ -516,6 +516,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     /// does not define (another width, misaligned, read-only, unknown offset) are ignored
     /// (MMIO-21, MMIO-22).
     pub fn write(&mut self, offset: u64, width: u8, value: u64) -> MmioOutcome {
+        plant_panic!("transport", value == 0x5eed);
         let start = self.begin();
         if offset >= regs::CONFIG {
             let buf = value.to_le_bytes();

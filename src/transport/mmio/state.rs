@@ -21,7 +21,7 @@ use crate::transport::InterruptStatus;
 use crate::transport::VirtioDevice;
 
 /// The virtio-mmio register block of a transport state.
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct MmioFields {
     /// The register layout: 1 legacy, 2 version 2 (§4.2.2, §4.2.4).
@@ -43,6 +43,18 @@ pub struct MmioFields {
     /// Zero.
     pub reserved2: U16,
 }
+
+debug_fields!(MmioFields {
+    version,
+    reserved,
+    interrupt_status,
+    device_features_sel,
+    driver_features_sel,
+    queue_sel,
+    guest_page_size,
+    queues,
+    reserved2
+});
 
 /// One queue's legacy registers.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]

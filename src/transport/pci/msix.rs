@@ -89,7 +89,7 @@ pub(super) const ISR_QUEUE: u8 = 1;
 pub(super) const ISR_CONFIG: u8 = 2;
 
 /// The interrupt state of a function with `Q` queues and `V` MSI-X vectors (`1 ≤ V ≤ 64`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(super) struct Interrupts<const Q: usize, const V: usize> {
     /// ISR status (§4.1.4.5).
     pub(super) isr: u8,
@@ -107,6 +107,11 @@ pub(super) struct Interrupts<const Q: usize, const V: usize> {
     /// Vectors to send, collected during one access.
     fire: u64,
 }
+
+debug_fields!([const Q: usize, const V: usize] [Q, V] Interrupts {
+    isr, enabled, function_mask, bus_master, intx_disable, config_vector, queue_vectors, table,
+    pending, fire
+});
 
 impl<const Q: usize, const V: usize> Interrupts<Q, V> {
     pub(super) const POWER_ON: Self = Self {
