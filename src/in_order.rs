@@ -109,6 +109,9 @@ impl<const N: usize> InOrder<N> {
     ) -> Result<u16, QueueError> {
         plant_panic!("in_order", head == 0x5eed);
         let pos = self.find(head)?;
+        // Refused before anything is recorded: a completion the queue cannot take now (not
+        // ready, broken) leaves the chain waiting, so the same call can be made again.
+        q.check_usable()?;
         if let Some(e) = self.pending.get_mut(pos) {
             e.done = Some(len);
         }
@@ -154,6 +157,9 @@ impl<const N: usize> InOrder<N> {
         if !q.is_in_flight(last_head) {
             return Err(QueueError::HeadNotInFlight { head: last_head });
         }
+        // Checked before the earlier heads are retired: a batch the queue refuses (not ready,
+        // broken) changes nothing, and the same call can be made again.
+        q.check_usable()?;
         let count =
             u16::try_from(pos.saturating_add(1)).map_err(|_| QueueError::InOrderCapacity)?;
         for e in self.pending.iter().take(pos) {

@@ -618,6 +618,12 @@ impl<const W: usize> Queue<W> {
         self.store_used_idx(mem).map(|_| ())
     }
 
+    /// The common entry check ([`usable`](Self::usable)) for callers in the crate that must
+    /// know the queue will accept a completion before they change their own bookkeeping.
+    pub(crate) fn check_usable(&mut self) -> Result<(), QueueError> {
+        self.usable()
+    }
+
     /// Retire `head` from the in-flight set without writing a used element (its completion is
     /// covered by an in-order batch element).
     pub(crate) fn retire(&mut self, head: u16) -> bool {
