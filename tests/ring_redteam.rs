@@ -4,12 +4,17 @@
 //! queue, hostile saved states, and rings at the seams, holes and top of the memory map.
 //! What each test requires is VIRTIO 1.4 §2.7 / §2.8 and `shared/spec/hostile-inputs.md`.
 
+use std::ptr::NonNull;
+
 use proptest::prelude::*;
 use virtq::in_order::InOrder;
+use virtq::memory::{HostRegion, RegionTable};
 use virtq::snapshot::{StateError, StateField};
 use virtq::split::in_flight_words;
 use virtq::wire::split_layout as layout;
-use virtq::{ChainError, Features, GuestAddress, MemoryError, PackedQueue, Queue, QueueError};
+use virtq::{
+    ChainError, Features, GuestAddress, GuestMemory, MemoryError, PackedQueue, Queue, QueueError,
+};
 use virtq_testkit::desc_flags::{I, N, W};
 use virtq_testkit::pflags as pf;
 use virtq_testkit::{PackedDriver, SplitDriver, TestMemory};
@@ -1059,4 +1064,194 @@ fn rings_and_tables_across_seams_and_holes() {
         assert!(q.is_valid());
         assert!(q.check_rings(&mem).is_err(), "{d:#x} {a:#x} {u:#x}");
     }
+}
+
+// ---- the provided RegionTable: separate host buffers, seams, a hole, the top of the map ------
+
+/// A `RegionTable` of regions each backed by its own host buffer (so a seam is also a break in
+/// host memory): `(guest base, length)`.
+fn region_table(backing: &mut [Vec<u64>], map: &[(u64, usize)]) -> RegionTable<4> {
+    let mut t = RegionTable::new();
+    for (b, &(guest, len)) in backing.iter_mut().zip(map) {
+        assert!(b.len() * 8 >= len);
+        let p = NonNull::new(b.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `len` bytes of `b`, which outlives the table and is accessed only through it.
+        t.insert(unsafe { HostRegion::new(GuestAddress(guest), p, len) }.unwrap())
+            .unwrap();
+    }
+    t
+}
+
+fn put_desc(mem: &impl GuestMemory, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    mem.write(GuestAddress(at), &d).unwrap();
+}
+
+/// Split rings, an indirect table and buffers laid across seams of a `RegionTable` whose
+/// regions are separate host buffers: everything works and data crosses each seam intact
+/// (H7e: split at the seam, never one host-contiguous slice); a table or buffer running into
+/// the hole is a typed chain error, rings across the hole are refused at enable.
+#[test]
+fn region_table_seams_holes_and_rings_across_them() {
+    let map = [
+        (0u64, 0x8000usize),
+        (0x8000, 0x4000),
+        (0xC000, 0x4000),
+        (0x2_0000, 0x1_0000),
+    ];
+    let mut backing: Vec<Vec<u64>> = map.iter().map(|&(_, l)| vec![0u64; l / 8]).collect();
+    let mem = region_table(&mut backing, &map);
+    let size = 16u16;
+    // The descriptor table straddles the first seam (entries 8..15 above it).
+    let (desc, avail, used) = (0x8000 - 128, 0x7000 - 18, 0x7000 + 0x100);
+    let mut q = Queue::new(size);
+    (q.desc_table_addr, q.avail_ring_addr, q.used_ring_addr) =
+        (GuestAddress(desc), GuestAddress(avail), GuestAddress(used));
+    q.features = Features::INDIRECT_DESC;
+    q.ready = true;
+    q.check_rings(&mem).expect("rings in RAM");
+    // Every head, the descriptors of 8..15 above the seam: each chain has one buffer that
+    // itself crosses the seam, written by the device through a writer.
+    let mut idx = 0u16;
+    for h in 0..size {
+        put_desc(&mem, desc + 16 * u64::from(h), 0x8000 - 8, 16, 2, 0);
+        let slot = avail + layout::RING_OFFSET + 2 * u64::from(idx % size);
+        mem.store_u16(GuestAddress(slot), h).unwrap();
+        idx = idx.wrapping_add(1);
+        mem.store_u16(GuestAddress(avail + layout::IDX_OFFSET), idx)
+            .unwrap();
+        let c = q.pop_avail(&mem).unwrap().unwrap();
+        assert_eq!(c.head_index(), h);
+        let mut w: virtq::ChainWriter<'_, _> = virtq::ChainWriter::new(&mem, &c);
+        let data: Vec<u8> = (0..16).map(|i| i as u8 ^ h as u8).collect();
+        w.write_all(&data).unwrap();
+        let mut back = [0u8; 16];
+        mem.read(GuestAddress(0x8000 - 8), &mut back).unwrap();
+        assert_eq!(back.as_slice(), data.as_slice(), "head {h}");
+        q.push_used(&mem, h, 16).unwrap();
+        let mut e = [0u8; 8];
+        let at = used + layout::RING_OFFSET + 8 * u64::from((idx - 1) % size);
+        mem.read(GuestAddress(at), &mut e).unwrap();
+        assert_eq!(&e[..4], &u32::from(h).to_le_bytes());
+        assert_eq!(mem.load_u16(GuestAddress(used + 2)), Ok(idx));
+    }
+    // An indirect table across the second seam.
+    let t = 0xC000 - 16;
+    put_desc(&mem, t, 0x100, 8, 1, 1);
+    put_desc(&mem, t + 16, 0x8100, 8, 2, 0);
+    put_desc(&mem, desc, t, 32, 4, 0);
+    let slot = avail + layout::RING_OFFSET + 2 * u64::from(idx % size);
+    mem.store_u16(GuestAddress(slot), 0).unwrap();
+    idx = idx.wrapping_add(1);
+    mem.store_u16(GuestAddress(avail + layout::IDX_OFFSET), idx)
+        .unwrap();
+    let c = q.pop_avail(&mem).unwrap().unwrap();
+    let d: Vec<_> = c.iter(&mem).collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        d.iter().map(|d| (d.addr().0, d.len())).collect::<Vec<_>>(),
+        [(0x100, 8), (0x8100, 8)]
+    );
+    q.push_used(&mem, 0, 0).unwrap();
+    // The table at the end of the second region runs into the hole: typed, not a panic.
+    let hole_table = 0x1_0000 - 16;
+    put_desc(&mem, hole_table, 0x100, 8, 1, 1);
+    put_desc(&mem, desc, hole_table, 32, 4, 0);
+    let slot = avail + layout::RING_OFFSET + 2 * u64::from(idx % size);
+    mem.store_u16(GuestAddress(slot), 0).unwrap();
+    idx = idx.wrapping_add(1);
+    mem.store_u16(GuestAddress(avail + layout::IDX_OFFSET), idx)
+        .unwrap();
+    let c = q.pop_avail(&mem).unwrap().unwrap();
+    assert!(matches!(
+        c.iter(&mem).next(),
+        Some(Err(ChainError::Memory(MemoryError::OutOfRange { .. })))
+    ));
+    q.push_used(&mem, 0, 0).unwrap();
+    // Rings across the hole.
+    for (d, a, u) in [
+        (0x1_0000 - 128, avail, used),
+        (desc, 0x1_0000 - 18, used),
+        (desc, avail, 0x1_0000 - 64),
+    ] {
+        let mut r = q.clone();
+        (r.desc_table_addr, r.avail_ring_addr, r.used_ring_addr) =
+            (GuestAddress(d), GuestAddress(a), GuestAddress(u));
+        assert!(r.is_valid());
+        assert!(r.check_rings(&mem).is_err(), "{d:#x} {a:#x} {u:#x}");
+    }
+}
+
+/// A region that ends 32 bytes below 2⁶⁴: a packed ring in its last bytes works across laps;
+/// one descriptor more would end past RAM and is refused at enable, two more would end at 2⁶⁴
+/// and are not a valid configuration; a descriptor whose buffer end overflows is a typed error.
+#[test]
+fn region_table_top_of_the_address_space() {
+    const LEN: usize = 0x2000;
+    let base = u64::MAX - 31 - LEN as u64;
+    let map = [(base, LEN)];
+    let mut backing = vec![vec![0u64; LEN / 8]];
+    let mem = region_table(&mut backing, &map);
+    let end = base + LEN as u64; // exclusive, = 2^64 - 32
+    let size = 37u16;
+    let ring = (end - 16 * u64::from(size)) & !0xF;
+    let mut q = PackedQueue::new(size);
+    (q.desc_ring_addr, q.driver_event_addr, q.device_event_addr) = (
+        GuestAddress(ring),
+        GuestAddress(base),
+        GuestAddress(base + 4),
+    );
+    q.ready = true;
+    assert!(q.is_valid(), "{q:?}");
+    q.check_rings(&mem).expect("ring in the top region");
+    let mut wrap = true;
+    for n in 0..(2 * u32::from(size) + 5) {
+        let slot = q.next_avail_idx;
+        let at = ring + 16 * u64::from(slot);
+        let buf = if n % 5 == 4 {
+            u64::MAX - 7
+        } else {
+            base + 0x100
+        };
+        mem.write(GuestAddress(at), &buf.to_le_bytes()).unwrap();
+        mem.write(GuestAddress(at + 8), &16u32.to_le_bytes())
+            .unwrap();
+        mem.store_u16(GuestAddress(at + 12), slot).unwrap();
+        let f = if wrap { 1 << 7 } else { 1 << 15 };
+        mem.store_u16(GuestAddress(at + 14), f | 2).unwrap();
+        let c = q.pop_avail(&mem).unwrap().expect("chain");
+        let walked: Result<Vec<_>, _> = c.iter(&mem).collect();
+        if n % 5 == 4 {
+            assert!(matches!(walked, Err(ChainError::Memory(_))), "{walked:?}");
+        } else {
+            assert_eq!(walked.unwrap().len(), 1);
+        }
+        q.push_used(&mem, &c, 0).unwrap();
+        if slot == size - 1 {
+            wrap = !wrap;
+        }
+        assert_eq!(q.avail_wrap_counter, wrap);
+    }
+    let mut q2 = PackedQueue::new(size + 1);
+    (
+        q2.desc_ring_addr,
+        q2.driver_event_addr,
+        q2.device_event_addr,
+    ) = (
+        GuestAddress(ring),
+        GuestAddress(base),
+        GuestAddress(base + 4),
+    );
+    q2.ready = true;
+    assert!(q2.is_valid());
+    assert!(matches!(q2.check_rings(&mem), Err(QueueError::Memory(_))));
+    // Two more: the ring would end at 2^64, which no address can express.
+    q2.max_size = size + 2;
+    q2.size = size + 2;
+    assert!(!q2.is_valid());
+    assert_eq!(q2.check_rings(&mem), Err(QueueError::NotReady));
+    assert_eq!(q2.pop_avail(&mem).unwrap_err(), QueueError::NotReady);
 }
