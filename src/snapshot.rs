@@ -284,6 +284,10 @@ pub(crate) fn write_queue_state<F: IntoBytes + Immutable>(
         .split_at_mut_checked(fields.len())
         .ok_or(StateError::BufferTooSmall { needed: len })?;
     f.copy_from_slice(fields);
+    // The bitmap may keep fewer words than `max_size` asks for (a `Queue<W>` whose public
+    // `max_size` was raised past its capacity): the words it does not write are zero, never
+    // what the caller's buffer held before.
+    words.fill(0);
     bitmap(words);
     Ok(len)
 }

@@ -1255,3 +1255,51 @@ fn region_table_top_of_the_address_space() {
     assert_eq!(q2.check_rings(&mem), Err(QueueError::NotReady));
     assert_eq!(q2.pop_avail(&mem).unwrap_err(), QueueError::NotReady);
 }
+
+/// A saved state is a function of the queue alone: saving into a buffer that held other bytes
+/// gives the same state as saving into a zeroed one, also for a `Queue<W>` whose public
+/// `max_size` was raised past its bitmap (the state then has more bitmap words than the queue
+/// keeps, and those must be zero, not whatever the buffer held), and that state restores.
+#[test]
+fn saved_state_does_not_depend_on_the_buffer_it_is_written_into() {
+    let mem = TestMemory::m0();
+    let mut drv = SplitDriver::standard(&mem, 64);
+    let mut q = Queue::<1>::with_capacity(64);
+    (q.desc_table_addr, q.avail_ring_addr, q.used_ring_addr) = (
+        GuestAddress(drv.desc),
+        GuestAddress(drv.avail),
+        GuestAddress(drv.used),
+    );
+    q.ready = true;
+    drv.set_desc(5, BUF, 16, W, 0);
+    drv.publish(5);
+    q.pop_avail(&mem).unwrap().unwrap();
+    q.max_size = 256;
+    let len = q.state_len();
+    let mut zeroed = vec![0u8; len];
+    let mut dirty = vec![0xFFu8; len];
+    assert_eq!(q.save_into(&mut zeroed), Ok(len));
+    assert_eq!(q.save_into(&mut dirty), Ok(len));
+    assert_eq!(dirty, zeroed, "stale buffer bytes leaked into the state");
+    let mut back = Queue::new(256);
+    back.restore(&dirty, &mem)
+        .expect("the saved state restores");
+    assert_eq!((back.size, back.in_flight()), (64, 1));
+    assert!(back.in_flight_chain(5).is_ok());
+
+    // The packed queue: the same with its public `max_size` raised past what it tracks.
+    let mut pdrv = PackedDriver::standard(&mem, 8);
+    let mut p = pdrv.queue(8, Features::empty());
+    pdrv.add_chain(&[(BUF, 16, true)]).unwrap();
+    p.pop_avail(&mem).unwrap().unwrap();
+    p.max_size = u16::MAX;
+    let len = p.state_len();
+    let mut zeroed = vec![0u8; len];
+    let mut dirty = vec![0xA5u8; len];
+    assert_eq!(p.save_into(&mut zeroed), Ok(len));
+    assert_eq!(p.save_into(&mut dirty), Ok(len));
+    assert_eq!(
+        dirty, zeroed,
+        "stale buffer bytes leaked into the packed state"
+    );
+}
