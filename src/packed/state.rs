@@ -267,7 +267,8 @@ impl PackedQueue {
             });
         };
         let saved_max = f.max_size.get();
-        if saved_max == 0 || saved_max > MAX_QUEUE_SIZE {
+        // Maximum 0 (a queue that does not exist) restores into such a queue only.
+        if (saved_max == 0 && self.max_size != 0) || saved_max > MAX_QUEUE_SIZE {
             return Err(invalid(StateField::MaxSize));
         }
         let expected = state_len(FIELDS_LEN, saved_max);

@@ -180,7 +180,11 @@ impl<const W: usize> Queue<W> {
         };
         let invalid = StateError::invalid;
         let saved_max = f.max_size.get();
-        if saved_max == 0 || saved_max > MAX_QUEUE_SIZE || !saved_max.is_power_of_two() {
+        // A queue that does not exist (maximum 0: a transport's queue slot the device leaves
+        // empty) saves maximum 0, and that restores into such a queue only.
+        let absent = saved_max == 0 && self.max_size == 0;
+        if !absent && (saved_max == 0 || saved_max > MAX_QUEUE_SIZE || !saved_max.is_power_of_two())
+        {
             return Err(invalid(StateField::MaxSize));
         }
         let expected = state_len(FIELDS_LEN, saved_max);

@@ -161,7 +161,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
     /// Checked, besides the transport core's checks (as for
     /// [`MmioTransport::restore`](crate::transport::MmioTransport::restore)): the vector and
     /// queue counts; the command register holding only its writable bits; BAR 0 aligned to its
-    /// size; ISR bits 0 and 1 only; MSI-X flags 0 or 1; every vector (configuration and
+    /// size; ISR bits 0 and 1 only; MSI-X flags 0 or 1; every MSI-X Message Address dword aligned; every vector (configuration and
     /// queues) an entry of the table or `NO_VECTOR`; pending bits only for existing entries;
     /// the core's DMA permission the command register's Bus Master Enable.
     ///
@@ -210,6 +210,10 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
                 .map_err(|_| truncated(ENTRY_LEN, rest.len()))?;
             if ef.reserved != [0; 3] {
                 return Err(invalid(StateField::Reserved));
+            }
+            // Message Address bits 1:0 read 0 (PCI 3.0 §6.8.2.5): no table holds them.
+            if ef.address.get() & 3 != 0 {
+                return Err(invalid(StateField::Msix));
             }
             *e = Entry {
                 address: ef.address.get(),
