@@ -642,3 +642,34 @@ fn restore_round_trip_with_an_empty_queue_slot() {
         assert!(u.is_live());
     }
 }
+
+/// The queue-level rule behind the fix above: a queue of maximum 0 (no such queue) saves and
+/// restores into another such queue, in both formats; its state does not restore into a real
+/// queue, nor a real queue's into it.
+#[test]
+fn absent_queue_states_restore_only_into_absent_queues() {
+    use virtq::packed::PackedQueue;
+    use virtq::split::Queue;
+    let mem = TestMemory::m0();
+    let max_size = |e: StateError| {
+        e == StateError::Invalid {
+            field: StateField::MaxSize,
+        }
+    };
+    let empty = Queue::new(0).save();
+    let real = Queue::new(16).save();
+    Queue::new(0).restore(empty.as_bytes(), &mem).unwrap();
+    assert!(max_size(
+        Queue::new(16).restore(empty.as_bytes(), &mem).unwrap_err()
+    ));
+    assert!(Queue::new(0).restore(real.as_bytes(), &mem).is_err());
+    let empty = PackedQueue::new(0).save();
+    let real = PackedQueue::new(16).save();
+    PackedQueue::new(0).restore(empty.as_bytes(), &mem).unwrap();
+    assert!(max_size(
+        PackedQueue::new(16)
+            .restore(empty.as_bytes(), &mem)
+            .unwrap_err()
+    ));
+    assert!(PackedQueue::new(0).restore(real.as_bytes(), &mem).is_err());
+}
