@@ -673,3 +673,43 @@ fn absent_queue_states_restore_only_into_absent_queues() {
     ));
     assert!(PackedQueue::new(0).restore(real.as_bytes(), &mem).is_err());
 }
+
+/// Bus Master Enable off at DRIVER_OK (INIT-07, VQ-18): the function cannot scan the rings
+/// for buffers queued during setup then, nor serve a kick while it cannot do DMA; once the
+/// driver turns bus mastering on, those buffers are served (inline) or reported as kicks
+/// (deferred), as a real function that latched the work would.
+#[test]
+fn work_queued_while_bus_mastering_off_is_served_when_it_turns_on_init07() {
+    use virtq::transport::NotifyMode;
+    let mem = TestMemory::m0();
+    for deferred in [false, true] {
+        let mut drv = SplitDriver::standard(&mem, 16);
+        let f = function(&mem, Features::empty());
+        if deferred {
+            f.t.borrow_mut().set_notify_mode(NotifyMode::Deferred);
+        }
+        let d = probe(&f);
+        d.enable_msix(4);
+        let cmd = f.cfg_read(layout::COMMAND, 2);
+        let bm = u64::from(layout::COMMAND_BUS_MASTER);
+        f.cfg_write(layout::COMMAND, 2, cmd & !bm);
+        assert_eq!(d.negotiate(V1), Some(V1));
+        d.setup_queue(0, 16, (drv.desc, drv.avail, drv.used), 1);
+        request(&mem, &mut drv, 0x8000);
+        d.driver_ok();
+        d.notify(0);
+        assert_eq!(drv.used_idx(), 0, "no DMA without bus mastering");
+        let out = f.t.borrow_mut().config_write(layout::COMMAND, 2, cmd);
+        let mut kicks = Vec::new();
+        if deferred {
+            assert!(out.events.contains(virtq::transport::Events::KICKS));
+            f.t.borrow_mut().take_kicks(|q| kicks.push(q));
+            assert_eq!(kicks, [0]);
+            f.with(|t| t.process_queue(0));
+        } else {
+            f.deliver(out);
+        }
+        assert_eq!(drv.used_idx(), 1, "deferred {deferred}");
+        assert_eq!(f.irq.borrow_mut().take_msi(), [msi_for(1)]);
+    }
+}

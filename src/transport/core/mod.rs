@@ -268,6 +268,16 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         self.dma = allowed;
     }
 
+    /// DMA allowed again (PCI Bus Master Enable set). If it was off while the driver is live,
+    /// every ready queue is scanned as at DRIVER_OK: kicks sent and buffers queued while the
+    /// device could not read the rings were not seen (INIT-07).
+    pub(crate) fn dma_on<S: Signals>(&mut self, sig: &mut S) {
+        let was = core::mem::replace(&mut self.dma, true);
+        if !was && self.is_live() {
+            self.scan(sig);
+        }
+    }
+
     pub(crate) fn queue(&self, index: u16) -> Option<&Queue> {
         self.queues.get(usize::from(index))
     }
@@ -458,6 +468,16 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         self.device
             .activate(Features::from_bits_retain(self.negotiated));
         // Buffers queued during setup get processed now (INIT-07), or are reported as kicks.
+        self.scan(sig);
+    }
+
+    /// Serve every ready queue as if kicked (inline), or record a kick for each (deferred):
+    /// buffers the driver queued while the device could not look (before DRIVER_OK, INIT-07;
+    /// or while DMA was off). Nothing without DMA: [`dma_on`](Self::dma_on) scans again.
+    fn scan<S: Signals>(&mut self, sig: &mut S) {
+        if !self.dma {
+            return;
+        }
         match self.mode {
             NotifyMode::Inline => self.poll(sig),
             NotifyMode::Deferred => {

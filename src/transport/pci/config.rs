@@ -240,8 +240,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         let bus_master = command & l::COMMAND_BUS_MASTER != 0;
         self.irq.bus_master = bus_master;
         self.irq.intx_disable = command & l::COMMAND_INTX_DISABLE != 0;
-        // Without bus mastering the function does no DMA: no queue is run.
-        self.core.set_dma(bus_master);
+        // Without bus mastering the function does no DMA: no queue is run. Turned on, the
+        // queues are scanned for what arrived meanwhile.
+        if bus_master {
+            self.core.dma_on(&mut self.irq);
+        } else {
+            self.core.set_dma(false);
+        }
         // Messages held while bus mastering was off go out now.
         self.irq.release_pending();
     }

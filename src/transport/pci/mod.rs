@@ -95,7 +95,9 @@
 //!   `i`, whatever value it carries (the index, or with `VIRTIO_F_NOTIFICATION_DATA` the
 //!   32-bit notification data, §4.1.5.2).
 //! * Without Bus Master Enable in the command register the function does no DMA: queues are
-//!   not run and MSI-X messages wait in the pending bit array. Config-space access to BAR 0
+//!   not run and MSI-X messages wait in the pending bit array. Setting it again while the
+//!   driver is live scans every ready queue, as DRIVER_OK does, for kicks and buffers that
+//!   arrived meanwhile. Config-space access to BAR 0
 //!   through `VIRTIO_PCI_CAP_PCI_CFG` works whatever the command register says; memory
 //!   accesses ([`memory_read`](PciTransport::memory_read)) decode only with Memory Space set.
 //! * `config_generation` is 8 bits; it changes at most once between two reads of the device
