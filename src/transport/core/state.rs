@@ -247,11 +247,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     ) -> Result<usize, StateError> {
         let (f, mut rest) = self.core_fields(bytes)?;
         let packed = f.packed == 1;
+        let needs_reset = f.status & DeviceStatus::DEVICE_NEEDS_RESET.bits() != 0;
         for i in 0..Q {
             let (r, body, next) = split_queue(rest)?;
             rest = next;
             let regs = decode_regs(r)?;
             enabled_ok(i, regs.enabled)?;
+            check_refusal(&regs, needs_reset)?;
             let (Some(q), Some(p)) = (self.queues.get(i), self.packed.get(i)) else {
                 return Err(StateError::invalid(StateField::QueueRegister));
             };
@@ -276,6 +278,13 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
         CoreFields::read_from_prefix(bytes)
             .ok()
             .map(|(f, _)| f.dma == 1)
+    }
+
+    /// The device status a saved core states (`None` if its fields do not decode).
+    pub(crate) fn state_status(&self, bytes: &[u8]) -> Option<DeviceStatus> {
+        CoreFields::read_from_prefix(bytes)
+            .ok()
+            .map(|(f, _)| DeviceStatus::from_bits_retain(f.status))
     }
 
     /// Apply a saved core that [`check_state`](Self::check_state) accepted: the core fields,
@@ -451,6 +460,23 @@ fn decode_regs(r: &QueueRegsFields) -> Result<QueueRegs, StateError> {
         reported: flag(r.reported, StateField::QueueRegister)?,
         kicked: flag(r.kicked, StateField::QueueRegister)?,
     })
+}
+
+/// A queue's refusal and breakage records agree with the status: every refusal and every
+/// reported breakage raised DEVICE_NEEDS_RESET, which only a reset clears (MMIO-16, INIT-10);
+/// a refusal at enable leaves the queue enabled, except the one before FEATURES_OK, which does
+/// not take. Without this a restored queue marked as reported would break silently later.
+fn check_refusal(r: &QueueRegs, needs_reset: bool) -> Result<(), StateError> {
+    let recorded = r.reported || r.refused.is_some();
+    let enabled_ok = match r.refused {
+        None => true,
+        Some(QueueSetupError::FeaturesNotAccepted) => !r.enabled,
+        Some(_) => r.enabled,
+    };
+    if (recorded && !needs_reset) || !enabled_ok {
+        return Err(StateError::invalid(StateField::QueueSetup));
+    }
+    Ok(())
 }
 
 /// The registers agree with the queue they configure: an enabled, accepted queue is ready

@@ -13,12 +13,14 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{
-    INT_CONFIG, INT_VRING, IrqState, LegacyQueue, MmioOutcome, MmioTransport, MmioVersion,
+    INT_CONFIG, INT_VRING, IrqState, LEGACY_DEFAULT_PAGE, LegacyQueue, MmioOutcome, MmioTransport,
+    MmioVersion,
 };
 use crate::memory::GuestMemory;
 use crate::snapshot::{HEADER_LEN, StateError, StateField, StateKind, open, write_header};
 use crate::transport::InterruptStatus;
 use crate::transport::VirtioDevice;
+use crate::wire::DeviceStatus;
 
 /// The virtio-mmio register block of a transport state.
 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -193,6 +195,36 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             }
             Ok(())
         })?;
+        // MMIO has no bus mastering: its core always may do DMA. `InterruptStatus` bits are
+        // only ever raised for a driver that made the device usable (config changes and
+        // DEVICE_NEEDS_RESET notify only with DRIVER_OK set, STAT-09; used buffers need a live
+        // device, STAT-07), and only a reset, which clears them (MMIO-06), takes that back.
+        if self.core.state_dma(rest) != Some(true) {
+            return Err(invalid(StateField::Status));
+        }
+        let status = self
+            .core
+            .state_status(rest)
+            .unwrap_or(DeviceStatus::empty());
+        let usable = match version {
+            MmioVersion::V2 => DeviceStatus::DRIVER_OK,
+            MmioVersion::Legacy => DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER,
+        };
+        if (int.contains(InterruptStatus::USED_BUFFER) && !status.contains(usable))
+            || (int.contains(InterruptStatus::CONFIG_CHANGE)
+                && !status.contains(DeviceStatus::DRIVER_OK))
+        {
+            return Err(invalid(StateField::InterruptStatus));
+        }
+        // A version 2 transport never writes the legacy registers.
+        if version == MmioVersion::V2
+            && (page != LEGACY_DEFAULT_PAGE
+                || legacy
+                    .iter()
+                    .any(|l| l.pfn != 0 || l.align != LEGACY_DEFAULT_PAGE))
+        {
+            return Err(invalid(StateField::Legacy));
+        }
         if used != rest.len() {
             return Err(StateError::Length {
                 stated: u32::try_from(state.len()).unwrap_or(u32::MAX),
