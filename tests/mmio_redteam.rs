@@ -428,3 +428,473 @@ fn restore_refuses_legacy_registers_in_a_v2_state() {
         );
     }
 }
+
+// ---- every register, every width, every status -------------------------------------------
+
+/// Whether an aligned 32-bit read of `off` may return non-zero on `version` (the readable
+/// registers of §4.2.2 / §4.2.4; everything else is write-only or undefined, MMIO-22).
+fn readable(version: MmioVersion, off: u64) -> bool {
+    let v2 = version == MmioVersion::V2;
+    match off {
+        regs::MAGIC_VALUE
+        | regs::VERSION
+        | regs::DEVICE_ID
+        | regs::VENDOR_ID
+        | regs::DEVICE_FEATURES
+        | regs::QUEUE_NUM_MAX
+        | regs::INTERRUPT_STATUS
+        | regs::STATUS => true,
+        regs::QUEUE_PFN => !v2,
+        regs::QUEUE_READY
+        | regs::SHM_LEN_LOW
+        | regs::SHM_LEN_HIGH
+        | regs::SHM_BASE_LOW
+        | regs::SHM_BASE_HIGH
+        | regs::QUEUE_RESET
+        | regs::CONFIG_GENERATION => v2,
+        _ => false,
+    }
+}
+
+/// Whether an aligned 32-bit write of `off` may change the transport on `version`: the
+/// writable registers (read-only and undefined offsets are ignored, MMIO-22).
+fn writable(version: MmioVersion, off: u64) -> bool {
+    let v2 = version == MmioVersion::V2;
+    match off {
+        regs::DEVICE_FEATURES_SEL
+        | regs::DRIVER_FEATURES
+        | regs::DRIVER_FEATURES_SEL
+        | regs::QUEUE_SEL
+        | regs::QUEUE_NUM
+        | regs::QUEUE_NOTIFY
+        | regs::INTERRUPT_ACK
+        | regs::STATUS => true,
+        regs::GUEST_PAGE_SIZE | regs::QUEUE_ALIGN | regs::QUEUE_PFN => !v2,
+        regs::QUEUE_READY
+        | regs::QUEUE_DESC_LOW
+        | regs::QUEUE_DESC_HIGH
+        | regs::QUEUE_DRIVER_LOW
+        | regs::QUEUE_DRIVER_HIGH
+        | regs::QUEUE_DEVICE_LOW
+        | regs::QUEUE_DEVICE_HIGH
+        | regs::QUEUE_RESET => v2,
+        _ => false,
+    }
+}
+
+/// The device configuration bytes `[o, o + w)` as the driver must read them: the device's,
+/// then 0 past its end (MMIO-23, MMIO-24).
+fn config_bytes(o: u64, w: u8) -> u64 {
+    let mut b = [0u8; 8];
+    for (i, x) in b.iter_mut().take(usize::from(w)).enumerate() {
+        *x = usize::try_from(o)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|j| CONFIG.get(j).copied())
+            .unwrap_or(0);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Every offset of the window (and far past it) at every width {0,1,2,3,4,5,8,16} with
+/// several values, from every device status, in both versions, each on a fresh transport:
+/// reads of write-only and undefined registers and of invalid widths return 0, configuration
+/// reads return exactly the device's bytes (0 past its end, at any offset up to 2^64 - 1);
+/// writes at invalid widths, to read-only or undefined registers and to the configuration
+/// change nothing the transport saves; and the access invariants hold after every write
+/// (MMIO-02, MMIO-03, MMIO-21..24, STAT-10..13).
+#[test]
+fn every_offset_width_value_in_every_status_both_versions() {
+    let mem = TestMemory::m0();
+    let far = [
+        0x1000u64,
+        regs::CONFIG + 0xFFFF_FFF8,
+        regs::CONFIG + 0xFFFF_FFFF,
+        regs::CONFIG + 0x1_0000_0000,
+        u64::MAX - 7,
+        u64::MAX,
+    ];
+    let step = if cfg!(miri) { 7 } else { 1 };
+    let mut changed = 0u32;
+    for version in VERSIONS {
+        for start in ALL_AT {
+            let drv = SplitDriver::standard(&mem, 16);
+            let offsets = (0..regs::CONFIG + 0x20).step_by(step).chain(far);
+            for off in offsets {
+                for w in WIDTHS {
+                    let mut d = at(&mem, version, start, &drv);
+                    let ctx = (version, start, off, w);
+                    let r = d.read(off, w);
+                    if off >= regs::CONFIG {
+                        let exp = if matches!(w, 1 | 2 | 4 | 8) {
+                            config_bytes(off - regs::CONFIG, w)
+                        } else {
+                            0
+                        };
+                        assert_eq!(r, exp, "{ctx:?}: config read");
+                    } else if w != 4 || off % 4 != 0 || !readable(version, off) {
+                        assert_eq!(r, 0, "{ctx:?}: read of a non-register");
+                    } else {
+                        assert!(r <= u64::from(u32::MAX), "{ctx:?}");
+                    }
+                    let before = save(&d);
+                    let inert =
+                        off >= regs::CONFIG || w != 4 || off % 4 != 0 || !writable(version, off);
+                    for value in VALUES {
+                        let out = d.write(off, w, value);
+                        invariants(&d, &out, &(ctx, value));
+                        if inert {
+                            assert_eq!(save(&d), before, "{ctx:?} value {value:#x} took effect");
+                        }
+                    }
+                    changed += u32::from(save(&d) != before);
+                }
+            }
+        }
+    }
+    // The writable registers did take writes (the comparison can fail).
+    assert!(changed > 100, "{changed}");
+}
+
+// ---- the status state machine ------------------------------------------------------------
+
+/// The status a write of `value` must leave, from `old`, by the spec's rules as this red team
+/// reads them (§2.1, §3.1.1, STAT-10..13, INIT-08, LEG-10): 0 resets; after FAILED only reset;
+/// bits are sticky; DEVICE_NEEDS_RESET, SUSPEND and bit 5 are not the driver's; FEATURES_OK
+/// needs ACKNOWLEDGE and DRIVER and a valid feature set; DRIVER_OK needs an
+/// accepted FEATURES_OK (legacy: ACKNOWLEDGE and DRIVER).
+fn expected_status(version: MmioVersion, old: u32, value: u32, features_valid: bool) -> u32 {
+    if value == 0 {
+        return 0;
+    }
+    if old & FAILED != 0 {
+        return old;
+    }
+    let req = value & 0xFF;
+    let mut new = old | (req & (ACK | DRIVER));
+    let acked = new & (ACK | DRIVER) == ACK | DRIVER;
+    if req & FEAT_OK != 0 && acked && features_valid {
+        new |= FEAT_OK;
+    }
+    if req & DRV_OK != 0 {
+        let ok = match version {
+            MmioVersion::V2 => new & FEAT_OK != 0,
+            MmioVersion::Legacy => acked,
+        };
+        if ok {
+            new |= DRV_OK;
+        }
+    }
+    new | (req & FAILED)
+}
+
+/// Every status byte (and values with upper bytes set) written from every status, in both
+/// versions: the result is the state machine's; a write of 0 is a full reset (InterruptStatus
+/// 0, every queue disabled, MMIO-06, LEG-09) and only a write of exactly 0 is.
+#[test]
+fn status_writes_from_every_status_stat10_to_13() {
+    let mem = TestMemory::m0();
+    let values = (0..=0xFFu32).chain([0x100, 0x1_0000, 0x8000_0000, 0xFFFF_FF00, 0x1_0003]);
+    let values: Vec<u32> = values.collect();
+    let (mut live, mut resets) = (0, 0);
+    for version in VERSIONS {
+        for start in ALL_AT {
+            let drv = SplitDriver::standard(&mem, 16);
+            for &value in &values {
+                let mut d = at(&mem, version, start, &drv);
+                let old = status(&d);
+                let was_live = d.is_live();
+                let out = wr(&mut d, regs::STATUS, value);
+                let ctx = (version, start, value);
+                invariants(&d, &out, &ctx);
+                // The driver wrote its features (OFFER | VERSION_1) from FEATURES_OK on; before,
+                // none, which a v2 device refuses (no VERSION_1) and legacy accepts.
+                let valid = version == MmioVersion::Legacy
+                    || !matches!(start, At::Reset | At::Ack | At::Driver);
+                let exp = expected_status(version, old, value, valid);
+                assert_eq!(status(&d), exp, "{ctx:?} from {old:#x}");
+                if value == 0 {
+                    resets += 1;
+                    assert_eq!(rd(&d, regs::INTERRUPT_STATUS), 0, "{ctx:?}");
+                    assert!(!out.irq);
+                    for q in 0..2 {
+                        let _ = wr(&mut d, regs::QUEUE_SEL, q);
+                        assert_eq!(rd(&d, regs::QUEUE_READY), 0, "{ctx:?}");
+                        assert_eq!(rd(&d, regs::QUEUE_PFN), 0, "{ctx:?}");
+                        assert!(!d.queue(q as u16).unwrap().ready, "{ctx:?}");
+                    }
+                    assert_eq!(d.negotiated_features().bits(), 0, "{ctx:?}");
+                    assert!(out.events.contains(virtq::transport::Events::DEVICE_RESET));
+                } else {
+                    assert!(
+                        !out.events.contains(virtq::transport::Events::DEVICE_RESET),
+                        "{ctx:?}"
+                    );
+                }
+                live += u32::from(!was_live && d.is_live());
+                // The device model learns its features when DRIVER_OK is newly set, once.
+                let activated = u64::from(old & DRV_OK == 0 && exp & DRV_OK != 0);
+                let base = u64::from(old & DRV_OK != 0);
+                assert_eq!(d.device().activated, base + activated, "{ctx:?}");
+            }
+        }
+    }
+    assert!(live > 10 && resets == 14, "{live} {resets}");
+}
+
+// ---- queue programming --------------------------------------------------------------------
+
+/// `QueueSel` past the queues the device has (2, 3: slots without a queue; 4 and up: past the
+/// transport's array; 2^32 - 1): QueueNumMax and QueueReady read 0, and no queue register
+/// write, enable, PFN, align, reset or notify of that index changes anything (MMIO-20,
+/// MMIO-27, H9l), in every status.
+#[test]
+fn queue_sel_beyond_the_queues_changes_nothing_mmio20() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        for start in ALL_AT {
+            let drv = SplitDriver::standard(&mem, 16);
+            for sel in [2u32, 3, 4, 0xFFFF, 0x1_0000, u32::MAX] {
+                let mut d = at(&mem, version, start, &drv);
+                let _ = wr(&mut d, regs::QUEUE_SEL, sel);
+                let before = save(&d);
+                assert_eq!(rd(&d, regs::QUEUE_NUM_MAX), 0);
+                assert_eq!(rd(&d, regs::QUEUE_READY), 0);
+                assert_eq!(rd(&d, regs::QUEUE_PFN), 0);
+                mem.start_recording();
+                for off in [
+                    regs::QUEUE_NUM,
+                    regs::QUEUE_ALIGN,
+                    regs::QUEUE_DESC_LOW,
+                    regs::QUEUE_DESC_HIGH,
+                    regs::QUEUE_DRIVER_LOW,
+                    regs::QUEUE_DEVICE_LOW,
+                    regs::QUEUE_PFN,
+                    regs::QUEUE_READY,
+                    regs::QUEUE_RESET,
+                ] {
+                    for v in [1u32, 16, 0x1000, u32::MAX] {
+                        let out = wr(&mut d, off, v);
+                        invariants(&d, &out, &(version, start, sel, off, v));
+                    }
+                }
+                // Only bits 0-15 name the queue (MMIO-27): 0x1_0000 is queue 0.
+                let out = wr(&mut d, regs::QUEUE_NOTIFY, sel | 2);
+                invariants(&d, &out, &(version, start, sel));
+                assert!(mem.take_log().is_empty(), "{version:?} {start:?} {sel}");
+                assert_eq!(save(&d), before, "{version:?} {start:?} {sel}");
+                assert_eq!(out.events, virtq::transport::Events::empty());
+            }
+        }
+    }
+}
+
+/// Once a queue is enabled, its size and ring addresses are frozen (MMIO-17, H9j): writes of
+/// `QueueNum` (0, smaller, larger, huge), of every address half, and (legacy) `QueueAlign`
+/// and a second non-zero `QueuePFN` are ignored, and the queue keeps running on its rings.
+#[test]
+fn queue_registers_frozen_after_enable_mmio17() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        let mut drv = SplitDriver::standard(&mem, 16);
+        let mut d = at(&mem, version, At::DriverOk, &drv);
+        if version == MmioVersion::Legacy {
+            drv = SplitDriver::new(&mem, 16, LEGACY_PFN as u64 * 4096, 0x4100, LEGACY_USED);
+        }
+        let _ = wr(&mut d, regs::QUEUE_SEL, 0);
+        let before = save(&d);
+        for (off, v) in [
+            (regs::QUEUE_NUM, 0u32),
+            (regs::QUEUE_NUM, 8),
+            (regs::QUEUE_NUM, 32),
+            (regs::QUEUE_NUM, u32::MAX),
+            (regs::QUEUE_DESC_LOW, 0x8000),
+            (regs::QUEUE_DESC_HIGH, 1),
+            (regs::QUEUE_DRIVER_LOW, 0x9000),
+            (regs::QUEUE_DRIVER_HIGH, 1),
+            (regs::QUEUE_DEVICE_LOW, 0xA000),
+            (regs::QUEUE_DEVICE_HIGH, 1),
+            (regs::QUEUE_ALIGN, 16),
+            (regs::QUEUE_ALIGN, 8192),
+            (regs::QUEUE_PFN, 9),
+            (regs::QUEUE_READY, 1),
+        ] {
+            let out = wr(&mut d, off, v);
+            invariants(&d, &out, &(version, off, v));
+            assert_eq!(save(&d), before, "{version:?} {off:#x} = {v:#x}");
+        }
+        // Still the same rings: a request completes on them.
+        drv.add_chain(&[(0x8000, 16, false)]).unwrap();
+        let out = wr(&mut d, regs::QUEUE_NOTIFY, 0);
+        assert_eq!(drv.used_idx(), 1, "{version:?}");
+        assert!(
+            out.irq
+                && out
+                    .raised
+                    .contains(virtq::transport::InterruptStatus::USED_BUFFER)
+        );
+    }
+}
+
+/// `QueueReady = 1` with a hostile queue (H9a–i, H9n; MMIO-16): the enable is refused with the
+/// right reason, `QueueReady` reads back 1, DEVICE_NEEDS_RESET is set (with a configuration
+/// interrupt once DRIVER_OK is set, STAT-09), guest memory is never touched, by the enable or
+/// by a later notify; the driver can then stop the queue and enable good rings.
+#[test]
+fn queue_ready_with_hostile_rings_is_refused_untouched_mmio16() {
+    use QueueSetupError as E;
+    let mem = TestMemory::m0();
+    let (d0, a0, u0) = (0x1000u64, 0x2000u64, 0x3000u64);
+    let cases: [(u32, (u64, u64, u64), fn(QueueSetupError) -> bool); 14] = [
+        (0, (d0, a0, u0), |e| e == E::SizeZero),
+        (3, (d0, a0, u0), |e| {
+            matches!(e, E::SizeNotPowerOfTwo { size: 3 })
+        }),
+        (32, (d0, a0, u0), |e| {
+            matches!(e, E::SizeTooLarge { size: 32 })
+        }),
+        (0x1_0010, (d0, a0, u0), |e| {
+            matches!(e, E::SizeTooLarge { .. })
+        }),
+        (u32::MAX, (d0, a0, u0), |e| {
+            matches!(e, E::SizeTooLarge { .. })
+        }),
+        (16, (0x1008, a0, u0), |e| e == E::Misaligned),
+        (16, (d0, 0x2001, u0), |e| e == E::Misaligned),
+        (16, (d0, a0, 0x3002), |e| e == E::Misaligned),
+        (16, (0, a0, u0), |e| e == E::Misaligned),
+        (16, (0x10_0000, a0, u0), |e| e == E::OutsideRam), // the hole
+        (16, (d0, a0, 0xF_FFC0), |e| e == E::OutsideRam),  // used ring runs off RAM0
+        (16, (d0, a0, 0xFFFF_FFFF_FFFF_FFC0), |e| {
+            e == E::AddressOverflow
+        }),
+        (16, (d0, d0 + 0x80, u0), |e| e == E::Overlap),
+        (16, (d0, a0, a0 + 0x10), |e| e == E::Overlap),
+    ];
+    for start in [At::FeaturesOk, At::DriverOk] {
+        for (i, &(size, rings, want)) in cases.iter().enumerate() {
+            let drv = SplitDriver::standard(&mem, 16);
+            let mut d = at(&mem, MmioVersion::V2, start, &drv);
+            program(&mut d, 1, size, rings);
+            mem.start_recording();
+            let out = wr(&mut d, regs::QUEUE_READY, 1);
+            invariants(&d, &out, &(start, i));
+            let err = d
+                .queue_setup_error(1)
+                .unwrap_or_else(|| panic!("{start:?} case {i}: accepted"));
+            assert!(want(err), "case {i}: {err:?}");
+            assert_eq!(rd(&d, regs::QUEUE_READY), 1, "case {i}: reads back 1");
+            assert_ne!(status(&d) & NEEDS_RESET, 0, "case {i}");
+            assert!(out.events.contains(virtq::transport::Events::NEEDS_RESET));
+            assert!(out.events.contains(virtq::transport::Events::QUEUE_REFUSED));
+            let live = start == At::DriverOk;
+            assert_eq!(
+                rd(&d, regs::INTERRUPT_STATUS) & INT_CONFIG != 0,
+                live,
+                "case {i}"
+            );
+            let _ = wr(&mut d, regs::QUEUE_NOTIFY, 1);
+            assert!(mem.take_log().is_empty(), "case {i}: refused queue touched");
+            assert!(!d.queue(1).unwrap().ready);
+            // Stop, reprogram at good rings, enable: accepted (NEEDS_RESET stays).
+            let _ = wr(&mut d, regs::QUEUE_READY, 0);
+            assert_eq!(rd(&d, regs::QUEUE_READY), 0);
+            assert_eq!(d.queue_setup_error(1), None);
+            program(&mut d, 1, 16, Q1);
+            let _ = wr(&mut d, regs::QUEUE_READY, 1);
+            assert_eq!(d.queue_setup_error(1), None, "case {i}");
+            assert!(d.queue(1).unwrap().ready);
+        }
+    }
+}
+
+/// Legacy `GuestPageSize`, `QueueAlign` and `QueuePFN` with hostile values (LEG-03..07, H9k,
+/// H9i): a page size of 0 or not a power of two and an alignment of 0 or not a power of two
+/// are ignored (the earlier value stays); huge page sizes and page numbers put the rings past
+/// guest RAM and are refused without overflow or any memory access; small power-of-two
+/// alignments that misalign the used ring are refused; and the layout the driver meant is
+/// accepted after every ignored write.
+#[test]
+fn legacy_page_size_align_and_pfn_hostile_values() {
+    let mem = TestMemory::m0();
+    let drv = SplitDriver::standard(&mem, 16);
+    let enable_at = |page: Option<u32>, align: Option<u32>, pfn: u32| {
+        let mut d = at(&mem, MmioVersion::Legacy, At::Driver, &drv);
+        if let Some(p) = page {
+            let _ = wr(&mut d, regs::GUEST_PAGE_SIZE, p);
+        }
+        let _ = wr(&mut d, regs::QUEUE_SEL, 0);
+        let _ = wr(&mut d, regs::QUEUE_NUM, 16);
+        if let Some(a) = align {
+            let _ = wr(&mut d, regs::QUEUE_ALIGN, a);
+        }
+        mem.start_recording();
+        let out = wr(&mut d, regs::QUEUE_PFN, pfn);
+        invariants(&d, &out, &(page, align, pfn));
+        assert!(mem.take_log().is_empty(), "enable reads no ring");
+        d
+    };
+    // Ignored values: the default 4096 stays, so page 4 is at 0x4000.
+    for page in [0u32, 3, 4095, 4097, 0xFFFF_FFFF, 0x8000_0001] {
+        let d = enable_at(Some(page), None, LEGACY_PFN);
+        assert_eq!(d.queue_setup_error(0), None, "page {page:#x}");
+        assert_eq!(
+            d.queue(0).unwrap().desc_table_addr.0,
+            0x4000,
+            "page {page:#x}"
+        );
+    }
+    for align in [0u32, 3, 4095, 0x8000_0001, u32::MAX] {
+        let d = enable_at(None, Some(align), LEGACY_PFN);
+        assert_eq!(d.queue_setup_error(0), None, "align {align:#x}");
+        assert_eq!(
+            d.queue(0).unwrap().used_ring_addr.0,
+            LEGACY_USED,
+            "align {align:#x}"
+        );
+    }
+    // Alignments that are powers of two: 4 and up give a 4-aligned used ring.
+    for (align, ok) in [
+        (1u32, false),
+        (2, false),
+        (4, true),
+        (64, true),
+        (1 << 31, false),
+    ] {
+        let d = enable_at(None, Some(align), LEGACY_PFN);
+        assert_eq!(d.queue_setup_error(0).is_none(), ok, "align {align:#x}");
+        assert_eq!(status(&d) & NEEDS_RESET != 0, !ok, "align {align:#x}");
+        assert_eq!(
+            rd(&d, regs::QUEUE_PFN),
+            LEGACY_PFN,
+            "PFN reads back (LEG-05)"
+        );
+    }
+    // Huge page sizes and page numbers: far past RAM, refused (never an overflow panic).
+    for (page, pfn) in [
+        (1u32 << 31, 1u32),
+        (1 << 31, u32::MAX),
+        (4096, u32::MAX),
+        (4096, 0x100), // the hole at 1 MiB
+        (1, 0x4000),   // byte address 0x4000: fine
+        (1, 0x4001),   // misaligned descriptor table
+        (2, 0x7FFF_FFFF),
+    ] {
+        let d = enable_at(Some(page), None, pfn);
+        let err = d.queue_setup_error(0);
+        let expect_ok = page == 1 && pfn == 0x4000;
+        assert_eq!(
+            err.is_none(),
+            expect_ok,
+            "page {page:#x} pfn {pfn:#x}: {err:?}"
+        );
+    }
+    // A size the queue cannot have, through the legacy path.
+    for num in [0u32, 3, 32, u32::MAX] {
+        let mut d = at(&mem, MmioVersion::Legacy, At::Driver, &drv);
+        let _ = wr(&mut d, regs::QUEUE_NUM, num);
+        let _ = wr(&mut d, regs::QUEUE_PFN, LEGACY_PFN);
+        assert!(d.queue_setup_error(0).is_some(), "num {num}");
+        assert!(!d.queue(0).unwrap().ready);
+    }
+}
