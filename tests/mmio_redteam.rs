@@ -898,3 +898,293 @@ fn legacy_page_size_align_and_pfn_hostile_values() {
         assert!(!d.queue(0).unwrap().ready);
     }
 }
+
+// ---- reset, features, interrupts, per-queue reset, configuration --------------------------
+
+/// A status write of 0 with chains in flight (H19, STAT-04..06, MMIO-06): in deferred mode
+/// with a kick pending and in inline mode with buffers queued and not yet kicked, the reset
+/// completes inside the write; from then on no kick is reported, processing and polling touch
+/// no guest memory, no interrupt is raised, and the used ring is not written. The driver can
+/// then initialize again on fresh rings.
+#[test]
+fn reset_with_chains_in_flight_touches_nothing_after_h19() {
+    use virtq::transport::NotifyMode;
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        for deferred in [false, true] {
+            let mut drv = SplitDriver::standard(&mem, 16);
+            let mut d = at(&mem, version, At::DriverOk, &drv);
+            if version == MmioVersion::Legacy {
+                drv = SplitDriver::new(&mem, 16, u64::from(LEGACY_PFN) * 4096, 0x4100, LEGACY_USED);
+            }
+            if deferred {
+                d.set_notify_mode(NotifyMode::Deferred);
+            }
+            for i in 0..3u64 {
+                drv.add_chain(&[(0x8000 + i * 0x100, 16, false)]).unwrap();
+            }
+            if deferred {
+                let out = wr(&mut d, regs::QUEUE_NOTIFY, 0);
+                assert!(out.events.contains(virtq::transport::Events::KICKS));
+            }
+            let used_before = drv.used_idx();
+            let out = wr(&mut d, regs::STATUS, 0);
+            assert!(!out.irq && out.raised.is_empty(), "{version:?} {deferred}");
+            assert!(!out.events.contains(virtq::transport::Events::KICKS));
+            assert_eq!(status(&d), 0);
+            mem.start_recording();
+            let mut kicks = Vec::new();
+            d.take_kicks(|q| kicks.push(q));
+            assert!(
+                kicks.is_empty(),
+                "{version:?} {deferred}: kick survived reset"
+            );
+            for out in [
+                d.process_queue(0),
+                d.poll(),
+                wr(&mut d, regs::QUEUE_NOTIFY, 0),
+            ] {
+                assert!(!out.irq && out.raised.is_empty());
+            }
+            assert!(
+                mem.take_log().is_empty(),
+                "{version:?} {deferred}: touched after reset"
+            );
+            assert_eq!(drv.used_idx(), used_before);
+            // Initialize again: a fresh ring works.
+            let drv2 = SplitDriver::standard(&mem, 16);
+            let d2 = at(&mem, version, At::DriverOk, &drv2);
+            assert!(d2.is_live());
+            assert_eq!(d.device().resets, 1);
+        }
+    }
+}
+
+/// FEATURES_OK with each single bit the device does not offer added (FEAT-05, FEAT-08,
+/// INIT-04): refused, nothing negotiated, DRIVER_OK then does not take (INIT-08). Each offered
+/// bit is accepted. Without VERSION_1 a v2 device refuses. Words past 1 are dropped (FEAT-11).
+/// Legacy: the negotiated set at DRIVER_OK is what the driver wrote that was offered.
+#[test]
+fn features_ok_with_unoffered_bits_feat08() {
+    let mem = TestMemory::m0();
+    let probe = dev(&mem, MmioVersion::V2);
+    let offered = probe.offered_features().bits();
+    assert_eq!(offered, OFFER | V1);
+    for bit in 0..64 {
+        let f = V1 | (1u64 << bit);
+        let mut d = at(
+            &mem,
+            MmioVersion::V2,
+            At::Driver,
+            &SplitDriver::standard(&mem, 16),
+        );
+        set_features(&mut d, f);
+        let _ = wr(&mut d, regs::DRIVER_FEATURES_SEL, 2);
+        let _ = wr(&mut d, regs::DRIVER_FEATURES, u32::MAX);
+        let _ = wr(&mut d, regs::STATUS, ACK | DRIVER | FEAT_OK);
+        let ok = f & !offered == 0;
+        assert_eq!(status(&d) & FEAT_OK != 0, ok, "bit {bit}");
+        assert_eq!(
+            d.negotiated_features().bits(),
+            if ok { f } else { 0 },
+            "bit {bit}"
+        );
+        let out = wr(&mut d, regs::STATUS, ACK | DRIVER | FEAT_OK | DRV_OK);
+        assert_eq!(d.is_live(), ok, "bit {bit}");
+        invariants(&d, &out, &bit);
+    }
+    // No VERSION_1 on v2: refused.
+    let mut d = at(
+        &mem,
+        MmioVersion::V2,
+        At::Driver,
+        &SplitDriver::standard(&mem, 16),
+    );
+    set_features(&mut d, OFFER);
+    let _ = wr(&mut d, regs::STATUS, ACK | DRIVER | FEAT_OK);
+    assert_eq!(status(&d), ACK | DRIVER);
+    // Legacy: every bit written, only the offered ones negotiated.
+    let mut d = at(
+        &mem,
+        MmioVersion::Legacy,
+        At::Driver,
+        &SplitDriver::standard(&mem, 16),
+    );
+    set_features(&mut d, u64::MAX);
+    let _ = wr(&mut d, regs::STATUS, ACK | DRIVER | DRV_OK);
+    let lo = d.offered_features().bits();
+    assert_eq!(d.negotiated_features().bits(), lo);
+    assert_eq!(lo & V1, 0, "legacy never offers VERSION_1");
+}
+
+/// `DriverFeatures` written after FEATURES_OK, after DRIVER_OK, after FAILED and (legacy)
+/// after DRIVER_OK is ignored (FEAT-09, INIT-05): the negotiated set and what the queues act
+/// on do not change, and the saved state does not either.
+#[test]
+fn driver_features_after_features_ok_ignored_feat09() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        for start in [At::FeaturesOk, At::DriverOk, At::NeedsReset, At::Failed] {
+            if version == MmioVersion::Legacy && start == At::FeaturesOk {
+                continue; // legacy has no FEATURES_OK step
+            }
+            let drv = SplitDriver::standard(&mem, 16);
+            let mut d = at(&mem, version, start, &drv);
+            let neg = d.negotiated_features().bits();
+            assert_ne!(neg, 0, "{version:?} {start:?}");
+            let before = save(&d);
+            for sel in [0u32, 1, 2, u32::MAX] {
+                let _ = wr(&mut d, regs::DRIVER_FEATURES_SEL, sel);
+                for v in [0u32, u32::MAX, 0x2000_0000] {
+                    let _ = wr(&mut d, regs::DRIVER_FEATURES, v);
+                }
+            }
+            let _ = wr(&mut d, regs::DRIVER_FEATURES_SEL, 0);
+            assert_eq!(d.negotiated_features().bits(), neg);
+            let mut b = before.clone();
+            let now = save(&d);
+            // Only DriverFeaturesSel (bytes 12..16 of the register block) may differ.
+            b[HDR + 12..HDR + 16].copy_from_slice(&now[HDR + 12..HDR + 16]);
+            assert_eq!(now, b, "{version:?} {start:?}");
+        }
+    }
+}
+
+/// `InterruptACK` of bits that are not set, of undefined bits, and of one bit while both are
+/// set: only set, defined bits written are cleared, and the line follows (MMIO-01, MMIO-03,
+/// MMIO-26); reads never clear (MMIO-R14).
+#[test]
+fn interrupt_ack_of_bits_not_set_mmio26() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        let drv = SplitDriver::standard(&mem, 16);
+        let mut d = at(&mem, version, At::DriverOk, &drv);
+        for v in [0u32, INT_VRING, INT_CONFIG, 0xFFFF_FFFC, u32::MAX] {
+            let out = wr(&mut d, regs::INTERRUPT_ACK, v);
+            assert!(!out.irq);
+            assert_eq!(rd(&d, regs::INTERRUPT_STATUS), 0);
+        }
+        let out = d.signal_config_change();
+        assert!(out.irq);
+        for v in [INT_VRING, 0xFFFF_FFFC, 0x100 | INT_VRING] {
+            let out = wr(&mut d, regs::INTERRUPT_ACK, v);
+            assert!(out.irq, "{version:?} {v:#x}");
+            assert_eq!(rd(&d, regs::INTERRUPT_STATUS), INT_CONFIG);
+            assert_eq!(
+                rd(&d, regs::INTERRUPT_STATUS),
+                INT_CONFIG,
+                "a read does not clear"
+            );
+        }
+        let out = wr(&mut d, regs::INTERRUPT_ACK, u32::MAX);
+        assert!(!out.irq);
+        assert_eq!(rd(&d, regs::INTERRUPT_STATUS), 0);
+    }
+}
+
+/// Per-queue reset (§2.6.1, MMIO-09..13, MMIO-28): without RING_RESET negotiated, for a queue
+/// that is not enabled, for a value other than 1 and for a queue that does not exist it is
+/// ignored; otherwise the queue stops inside the write (QueueReady and QueueReset read 0, the
+/// device forgets the queue's chains, its memory is not touched on a later notify), its
+/// registers return to their defaults, and it can be programmed again on other rings and
+/// runs there.
+#[test]
+fn queue_reset_then_reprogram_mmio11_13() {
+    let mem = TestMemory::m0();
+    // Not negotiated: ignored.
+    let drv = SplitDriver::standard(&mem, 16);
+    let mut d = at(&mem, MmioVersion::V2, At::Driver, &drv);
+    set_features(&mut d, V1);
+    let _ = wr(&mut d, regs::STATUS, ACK | DRIVER | FEAT_OK);
+    program(&mut d, 0, 16, (drv.desc, drv.avail, drv.used));
+    let _ = wr(&mut d, regs::QUEUE_READY, 1);
+    let before = save(&d);
+    let _ = wr(&mut d, regs::QUEUE_RESET, 1);
+    assert_eq!(save(&d), before, "QueueReset without RING_RESET");
+    // Negotiated.
+    let mut drv = SplitDriver::standard(&mem, 16);
+    let mut d = at(&mem, MmioVersion::V2, At::DriverOk, &drv);
+    assert_ne!(d.negotiated_features().bits() & RESET_F, 0);
+    let before = save(&d);
+    for (sel, v) in [
+        (1u32, 1u32),
+        (2, 1),
+        (u32::MAX, 1),
+        (0, 0),
+        (0, 2),
+        (0, u32::MAX),
+    ] {
+        let _ = wr(&mut d, regs::QUEUE_SEL, sel);
+        let _ = wr(&mut d, regs::QUEUE_RESET, v);
+    }
+    let _ = wr(&mut d, regs::QUEUE_SEL, 0);
+    assert_eq!(save(&d), before, "ignored QueueReset writes");
+    drv.add_chain(&[(0x8000, 16, false)]).unwrap();
+    let _ = wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert_eq!(drv.used_idx(), 1);
+    let out = wr(&mut d, regs::QUEUE_RESET, 1);
+    invariants(&d, &out, &"reset");
+    assert_eq!(rd(&d, regs::QUEUE_RESET), 0);
+    assert_eq!(rd(&d, regs::QUEUE_READY), 0);
+    assert_eq!(d.device().queue_resets, [0]);
+    assert!(!d.queue(0).unwrap().ready);
+    assert_eq!(status(&d) & NEEDS_RESET, 0);
+    drv.add_chain(&[(0x8000, 16, false)]).unwrap();
+    mem.start_recording();
+    let _ = wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert!(mem.take_log().is_empty(), "a reset queue is not read");
+    // Reprogram at queue 1's area with a smaller size; it runs there.
+    let mut drv2 = SplitDriver::new(&mem, 8, Q1.0, Q1.1, Q1.2);
+    program(&mut d, 0, 8, Q1);
+    let _ = wr(&mut d, regs::QUEUE_READY, 1);
+    assert_eq!(d.queue_setup_error(0), None);
+    assert_eq!(d.queue(0).unwrap().size, 8);
+    drv2.add_chain(&[(0x8000, 16, false)]).unwrap();
+    let out = wr(&mut d, regs::QUEUE_NOTIFY, 0);
+    assert_eq!(drv2.used_idx(), 1);
+    assert!(out.irq);
+    assert_eq!(drv.used_idx(), 1, "the old rings are left alone");
+}
+
+/// ConfigGeneration (§2.5.1, MMIO-07, INIT-13, LEG-06): every device-side change gives a new
+/// value, before and after DRIVER_OK; the change notification (InterruptStatus bit 1) only
+/// once DRIVER_OK is set; legacy has no ConfigGeneration register (reads 0) but still
+/// notifies. Configuration writes before FEATURES_OK are ignored on v2 (INIT-03) and passed
+/// on in legacy (LEG-10).
+#[test]
+fn config_generation_across_changes_mmio07() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        let v2 = version == MmioVersion::V2;
+        let drv = SplitDriver::standard(&mem, 16);
+        let mut seen = Vec::new();
+        for start in ALL_AT {
+            let mut d = at(&mem, version, start, &drv);
+            let mut last = rd(&d, regs::CONFIG_GENERATION);
+            for _ in 0..3 {
+                let out = d.signal_config_change();
+                let g = rd(&d, regs::CONFIG_GENERATION);
+                if v2 {
+                    assert_ne!(g, last, "{start:?}: a change must change the generation");
+                } else {
+                    assert_eq!(g, 0, "legacy has no ConfigGeneration");
+                }
+                last = g;
+                seen.push(g);
+                let notify = status(&d) & DRV_OK != 0;
+                assert_eq!(out.irq, notify, "{version:?} {start:?}");
+                assert_eq!(rd(&d, regs::INTERRUPT_STATUS) & INT_CONFIG != 0, notify);
+            }
+            let writes = d.device().config_writes;
+            let _ = d.write(regs::CONFIG, 1, 0xAA);
+            let early = matches!(start, At::Reset | At::Ack | At::Driver);
+            let taken = !v2 || !early;
+            assert_eq!(
+                d.device().config_writes,
+                writes + u64::from(taken),
+                "{start:?}"
+            );
+        }
+        assert!(!seen.is_empty());
+    }
+}
