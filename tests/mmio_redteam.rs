@@ -9,7 +9,7 @@
 //! Requirement IDs are the shared checklist's (MMIO-, INIT-, FEAT-, STAT-, LEG-); H-numbers
 //! are `hostile-inputs.md`'s. Guest RAM is map M0: `[0, 1 MiB)`, a hole, `[2 MiB, 3 MiB)`.
 
-use virtq::snapshot::StateError;
+use virtq::snapshot::{StateError, StateField};
 use virtq::transport::mmio::{INT_CONFIG, INT_VRING, MAGIC, MmioOutcome, MmioVersion, regs};
 use virtq::transport::{
     DeviceId, MmioTransport, NotifyReport, QueueSetupError, Queues, VirtioDevice, config_read,
@@ -1451,4 +1451,329 @@ fn restore_hostile_bytes_refused_or_round_trip() {
         }
     }
     assert!(accepted > 100, "{accepted}");
+}
+
+// ---- the random walk -----------------------------------------------------------------------
+
+/// What the walk reached (so that its passing is not vacuous).
+#[derive(Debug, Default)]
+struct Reached {
+    live: u32,
+    used: u32,
+    irq: u32,
+    config_irq: u32,
+    refused: u32,
+    broken: u32,
+    resets: u32,
+    queue_resets: u32,
+    kicks: u32,
+    restores: u32,
+    refused_restores: u32,
+}
+
+/// The driver side of the walk: queue a one-descriptor chain on the ring at `(desc, avail)`
+/// by writing guest memory directly (the walk's driver state is the memory itself), or with
+/// `hostile`, move `avail.idx` far ahead (a fatal ring error, H-avail-idx).
+fn walk_post(mem: &TestMemory, desc: u64, avail: u64, hostile: bool) {
+    let idx = mem.peek_u16(avail + 2);
+    if hostile {
+        mem.poke_u16(avail + 2, idx.wrapping_add(100));
+        return;
+    }
+    let slot = idx % 16;
+    let d = desc + u64::from(slot) * 16;
+    mem.poke(d, &0x8000u64.to_le_bytes());
+    mem.poke(d + 8, &16u32.to_le_bytes());
+    mem.poke(d + 12, &[0, 0, 0, 0]);
+    mem.poke_u16(avail + 4 + u64::from(slot) * 2, slot);
+    mem.poke_u16(avail + 2, idx.wrapping_add(1));
+}
+
+/// A random walk of register accesses (100k+ per version, biased to the registers and to
+/// values that matter: statuses, feature words, ring addresses and halves, sizes, page
+/// numbers) interleaved with driver-side ring updates (some hostile), device-side events,
+/// hypervisor calls (poll, process, take_kicks, notify mode) and save/restore cycles. After
+/// every step: the access invariants; the handler ran at most once per queue; bounded guest
+/// memory traffic; guest memory written only inside the used ring of a queue that is ready
+/// (a refused, reset or stopped queue is never written); the used ring moved only on a live
+/// device. The walk must reach live devices, used buffers, interrupts of both kinds, refused
+/// and broken queues, resets, queue resets, deferred kicks and restores.
+#[test]
+fn random_walk_keeps_invariants_both_versions() {
+    use virtq::transport::NotifyMode;
+    use virtq_testkit::memory::AccessKind;
+    for version in VERSIONS {
+        let mem = TestMemory::m0();
+        let v2 = version == MmioVersion::V2;
+        // Queue 0 and 1 rings: v2 at the standard layout and Q1; legacy at pages 4 and 0x200.
+        let rings: [(u64, u64, u64); 2] = if v2 {
+            [(0x1000, 0x2000, 0x3000), Q1]
+        } else {
+            [
+                (0x4000, 0x4100, LEGACY_USED),
+                (0x20_0000, 0x20_0100, 0x20_1000),
+            ]
+        };
+        let mut d = dev(&mem, version);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(v2);
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let hot = [
+            regs::STATUS,
+            regs::DRIVER_FEATURES,
+            regs::DRIVER_FEATURES_SEL,
+            regs::DEVICE_FEATURES_SEL,
+            regs::QUEUE_SEL,
+            regs::QUEUE_SEL,
+            regs::QUEUE_NUM,
+            regs::QUEUE_READY,
+            regs::QUEUE_READY,
+            regs::QUEUE_NOTIFY,
+            regs::QUEUE_NOTIFY,
+            regs::QUEUE_NOTIFY,
+            regs::INTERRUPT_ACK,
+            regs::QUEUE_DESC_LOW,
+            regs::QUEUE_DESC_HIGH,
+            regs::QUEUE_DRIVER_LOW,
+            regs::QUEUE_DEVICE_LOW,
+            regs::QUEUE_RESET,
+            regs::GUEST_PAGE_SIZE,
+            regs::QUEUE_ALIGN,
+            regs::QUEUE_PFN,
+            regs::QUEUE_PFN,
+            regs::CONFIG,
+            regs::CONFIG + 6,
+            regs::INTERRUPT_STATUS,
+            regs::SHM_SEL,
+        ];
+        // A well-behaved driver's initialization, replayed now and then one access per step
+        // with random accesses interleaved, so the walk reaches live devices to attack.
+        let mut init = vec![
+            (regs::STATUS, 0u32),
+            (regs::STATUS, ACK),
+            (regs::STATUS, ACK | DRIVER),
+        ];
+        let f = OFFER | if v2 { V1 } else { 0 };
+        init.extend([
+            (regs::DRIVER_FEATURES_SEL, 0),
+            (regs::DRIVER_FEATURES, (f & 0xFFFF_FFFF) as u32),
+            (regs::DRIVER_FEATURES_SEL, 1),
+            (regs::DRIVER_FEATURES, (f >> 32) as u32),
+        ]);
+        if v2 {
+            init.push((regs::STATUS, ACK | DRIVER | FEAT_OK));
+        }
+        for (q, &(desc, avail, used)) in rings.iter().enumerate() {
+            init.extend([
+                (regs::QUEUE_SEL, u32::try_from(q).unwrap()),
+                (regs::QUEUE_NUM, 16),
+            ]);
+            if v2 {
+                init.extend([
+                    (regs::QUEUE_DESC_LOW, desc as u32),
+                    (regs::QUEUE_DESC_HIGH, 0),
+                    (regs::QUEUE_DRIVER_LOW, avail as u32),
+                    (regs::QUEUE_DRIVER_HIGH, 0),
+                    (regs::QUEUE_DEVICE_LOW, used as u32),
+                    (regs::QUEUE_DEVICE_HIGH, 0),
+                    (regs::QUEUE_READY, 1),
+                ]);
+            } else {
+                init.push((regs::QUEUE_PFN, u32::try_from(desc >> 12).unwrap()));
+            }
+        }
+        init.push((
+            regs::STATUS,
+            ACK | DRIVER | DRV_OK | if v2 { FEAT_OK } else { 0 },
+        ));
+        let mut pending = std::collections::VecDeque::new();
+        let steps = if cfg!(miri) { 3_000 } else { 120_000 };
+        let mut r = Reached::default();
+        let mut notified = d.device().notified;
+        let mut queue_resets = 0;
+        for step in 0..steps {
+            let x = next();
+            let used_before = [mem.peek_u16(rings[0].2 + 2), mem.peek_u16(rings[1].2 + 2)];
+            if pending.is_empty() && (x >> 40) % 300 == 0 {
+                for &(off, v) in &init {
+                    mem.fill(rings[0].1, 38, 0);
+                    mem.fill(rings[1].1, 38, 0);
+                    pending.push_back((off, v));
+                }
+            }
+            mem.start_recording();
+            let scripted = if (x >> 44) % 4 != 0 {
+                pending.pop_front()
+            } else {
+                None
+            };
+            let out = if let Some((off, v)) = scripted {
+                wr(&mut d, off, v)
+            } else {
+                match x % 64 {
+                    0 => d.signal_config_change(),
+                    1 => d.poll(),
+                    2 => d.process_queue(u16::try_from((x >> 8) % 3).unwrap()),
+                    3 => {
+                        let mut n = 0;
+                        d.take_kicks(|_| n += 1);
+                        r.kicks += n;
+                        level(&d)
+                    }
+                    4 => {
+                        let mode = if x & 0x100 != 0 {
+                            NotifyMode::Deferred
+                        } else {
+                            NotifyMode::Inline
+                        };
+                        d.set_notify_mode(mode);
+                        level(&d)
+                    }
+                    5..=9 => {
+                        let q = usize::from(x & 0x100 != 0);
+                        let hostile = (x >> 16) % 50 == 0;
+                        walk_post(&mem, rings[q].0, rings[q].1, hostile);
+                        level(&d)
+                    }
+                    10 => {
+                        // A driver that re-initializes its rings.
+                        let q = usize::from(x & 0x100 != 0);
+                        mem.fill(rings[q].1, 38, 0);
+                        mem.fill(rings[q].2, 134, 0);
+                        level(&d)
+                    }
+                    11 => {
+                        // Save, restore into a fresh transport, resume. A restore checks the
+                        // ring indices guest memory holds against the state; a guest that
+                        // scribbled them (the walk's hostile avail.idx, or its ring
+                        // re-zeroing) gets a refusal, with nothing changed.
+                        let s = save(&d);
+                        let mut fresh = dev(&mem, version);
+                        let blank = save(&fresh);
+                        fresh.set_notify_mode(NotifyMode::Inline);
+                        match fresh.restore(&s) {
+                            Ok(()) => {
+                                assert_eq!(save(&fresh), s, "step {step}");
+                                r.restores += 1;
+                                d = fresh;
+                                notified = d.device().notified;
+                                queue_resets = 0;
+                                d.resume()
+                            }
+                            Err(e) => {
+                                let guest = [StateField::AvailIdx, StateField::UsedIdx]
+                                    .map(|field| StateError::Invalid { field });
+                                assert!(guest.contains(&e), "step {step}: {e:?}");
+                                assert_eq!(save(&fresh), blank, "step {step}");
+                                r.refused_restores += 1;
+                                level(&d)
+                            }
+                        }
+                    }
+                    _ => {
+                        let off = hot[usize::try_from((x >> 8) % hot.len() as u64).unwrap()];
+                        let w = if (x >> 16) % 8 == 0 {
+                            WIDTHS[usize::try_from((x >> 20) % 8).unwrap()]
+                        } else {
+                            4
+                        };
+                        let q = usize::from((x >> 24) & 1 == 1);
+                        let y = next();
+                        let value: u64 = match (x >> 28) % 12 {
+                            0 => y & 0xFF,
+                            1 => {
+                                u64::from([ACK, ACK | DRIVER, 11, 15, 7, 0, 0x80][(y % 7) as usize])
+                            }
+                            2 => y & 3,
+                            3 => [OFFER | V1, V1 >> 32, OFFER, u64::MAX][(y % 4) as usize],
+                            4 => [rings[q].0, rings[q].1, rings[q].2][(y % 3) as usize],
+                            5 => [16, 8, 0, 3, 32, 1][(y % 6) as usize],
+                            6 => [rings[q].0 >> 12, 4096, 1, 0, 0x8000_0000][(y % 5) as usize],
+                            7 => y,
+                            8 => [0, 1, 2, 0x1_0000][(y % 4) as usize],
+                            _ => y % 4,
+                        };
+                        let off = if off == regs::QUEUE_DEVICE_LOW && (x >> 30) & 1 == 1 {
+                            regs::QUEUE_DEVICE_HIGH
+                        } else {
+                            off
+                        };
+                        if (x >> 31) % 4 == 0 {
+                            let _ = d.read(off, w);
+                            level(&d)
+                        } else {
+                            d.write(off, w, value)
+                        }
+                    }
+                }
+            };
+            let log = mem.take_log();
+            invariants(&d, &out, &step);
+            let qr = d.device().queue_resets.len();
+            r.queue_resets += u32::try_from(qr.saturating_sub(queue_resets)).unwrap();
+            queue_resets = qr;
+            let now = d.device().notified;
+            assert!(
+                now - notified <= 2,
+                "step {step}: handler ran {}x",
+                now - notified
+            );
+            notified = now;
+            assert!(
+                log.len() <= 2_000,
+                "step {step}: {} memory accesses",
+                log.len()
+            );
+            for a in log
+                .iter()
+                .filter(|a| matches!(a.kind, AccessKind::Write | AccessKind::Store16))
+            {
+                let inside = (0..2u16).any(|q| {
+                    d.queue(q).is_some_and(|q| {
+                        let base = q.used_ring_addr.0;
+                        let len = virtq::wire::split_layout::used_ring_bytes(q.size);
+                        q.ready && a.addr >= base && a.addr + a.len <= base + len
+                    })
+                });
+                assert!(inside, "step {step}: write {a:?} outside a ready used ring");
+            }
+            let used_after = [mem.peek_u16(rings[0].2 + 2), mem.peek_u16(rings[1].2 + 2)];
+            if used_after != used_before && (scripted.is_some() || x % 64 != 10) {
+                assert!(d.is_live(), "step {step}: used ring moved on a dead device");
+                r.used += 1;
+            }
+            // What the walk reached.
+            let s = status(&d);
+            r.live += u32::from(d.is_live());
+            r.irq += u32::from(out.irq);
+            r.config_irq += u32::from(
+                out.raised
+                    .contains(virtq::transport::InterruptStatus::CONFIG_CHANGE),
+            );
+            r.refused += u32::from(out.events.contains(virtq::transport::Events::QUEUE_REFUSED));
+            r.resets += u32::from(out.events.contains(virtq::transport::Events::DEVICE_RESET));
+            r.broken += u32::from(
+                (0..2).any(|q| d.queue(q).is_some_and(|q| q.is_broken())) && s & NEEDS_RESET != 0,
+            );
+        }
+        let all = [
+            r.queue_resets,
+            r.refused_restores,
+            r.live,
+            r.used,
+            r.irq,
+            r.config_irq,
+            r.refused,
+            r.broken,
+            r.resets,
+            r.kicks,
+            r.restores,
+        ];
+        assert!(all.iter().all(|&n| n > 0), "{version:?}: {r:?}");
+        eprintln!("{version:?}: {r:?}");
+    }
 }
