@@ -402,6 +402,33 @@ fn restore_refuses_refused_or_reported_queue_without_needs_reset() {
     }
 }
 
+/// A deferred kick is only ever recorded for a queue that is ready (a notify for any other
+/// is ignored, MMIO-27; stopping or resetting a queue drops its kick): a state with a kick on
+/// a queue that is not enabled is refused, one on the enabled queue is accepted.
+#[test]
+fn restore_refuses_a_kick_on_a_queue_that_is_not_ready() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        let drv = SplitDriver::standard(&mem, 16);
+        let d = at(&mem, version, At::DriverOk, &drv);
+        let s = save(&d);
+        let mut on0 = s.clone();
+        on0[QREGS0 + 3] = 1;
+        assert!(
+            try_restore(&mem, version, &on0).is_ok(),
+            "{version:?}: queue 0"
+        );
+        let q0_len = usize::from(u16::from_le_bytes([s[QREGS0 + 16], s[QREGS0 + 17]]));
+        let q1 = QREGS0 + 44 + q0_len;
+        let mut on1 = s.clone();
+        on1[q1 + 3] = 1;
+        assert!(
+            try_restore(&mem, version, &on1).is_err(),
+            "{version:?}: kick on a disabled queue accepted"
+        );
+    }
+}
+
 /// A version 2 transport never writes the legacy registers: their power-on values are the
 /// only ones a v2 state holds.
 #[test]

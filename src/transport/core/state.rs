@@ -462,10 +462,12 @@ fn decode_regs(r: &QueueRegsFields) -> Result<QueueRegs, StateError> {
     })
 }
 
-/// A queue's refusal and breakage records agree with the status: every refusal and every
-/// reported breakage raised DEVICE_NEEDS_RESET, which only a reset clears (MMIO-16, INIT-10);
-/// a refusal at enable leaves the queue enabled, except the one before FEATURES_OK, which does
-/// not take. Without this a restored queue marked as reported would break silently later.
+/// A queue's refusal, breakage and kick records agree with the status and with each other:
+/// every refusal and every reported breakage raised DEVICE_NEEDS_RESET, which only a reset
+/// clears (MMIO-16, INIT-10); a refusal at enable leaves the queue enabled, except the one
+/// before FEATURES_OK, which does not take; a kick is only recorded for an accepted queue
+/// (notifies for any other are ignored, stopping or resetting a queue drops its kick).
+/// Without this a restored queue marked as reported would break silently later.
 fn check_refusal(r: &QueueRegs, needs_reset: bool) -> Result<(), StateError> {
     let recorded = r.reported || r.refused.is_some();
     let enabled_ok = match r.refused {
@@ -473,7 +475,8 @@ fn check_refusal(r: &QueueRegs, needs_reset: bool) -> Result<(), StateError> {
         Some(QueueSetupError::FeaturesNotAccepted) => !r.enabled,
         Some(_) => r.enabled,
     };
-    if (recorded && !needs_reset) || !enabled_ok {
+    let kick_ok = !r.kicked || (r.enabled && r.refused.is_none());
+    if (recorded && !needs_reset) || !enabled_ok || !kick_ok {
         return Err(StateError::invalid(StateField::QueueSetup));
     }
     Ok(())
