@@ -788,7 +788,8 @@ fn queue_ready_with_hostile_rings_is_refused_untouched_mmio16() {
     use QueueSetupError as E;
     let mem = TestMemory::m0();
     let (d0, a0, u0) = (0x1000u64, 0x2000u64, 0x3000u64);
-    let cases: [(u32, (u64, u64, u64), fn(QueueSetupError) -> bool); 14] = [
+    type Case = (u32, (u64, u64, u64), fn(QueueSetupError) -> bool);
+    let cases: [Case; 14] = [
         (0, (d0, a0, u0), |e| e == E::SizeZero),
         (3, (d0, a0, u0), |e| {
             matches!(e, E::SizeNotPowerOfTwo { size: 3 })
@@ -1335,7 +1336,7 @@ fn level(d: &Dev<'_>) -> MmioOutcome {
 /// to the same bytes) and resumed.
 fn run_session(mem: &TestMemory, version: MmioVersion, swap: bool) -> Vec<(u64, Vec<u8>)> {
     let mut drv = match version {
-        MmioVersion::V2 => SplitDriver::standard(&mem, 16),
+        MmioVersion::V2 => SplitDriver::standard(mem, 16),
         MmioVersion::Legacy => {
             SplitDriver::new(mem, 16, u64::from(LEGACY_PFN) * 4096, 0x4100, LEGACY_USED)
         }

@@ -133,7 +133,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
     /// Checked, besides every queue's own restore checks
     /// ([`Queue::restore`](crate::Queue::restore),
     /// [`PackedQueue::restore`](crate::PackedQueue::restore)): the register layout and queue
-    /// count; the interrupt status bits; the device status a legal combination (no reserved
+    /// count; the interrupt status bits, set only on a device the driver made usable
+    /// (`USED_BUFFER` needs DRIVER_OK, legacy ACKNOWLEDGE and DRIVER; `CONFIG_CHANGE` needs
+    /// DRIVER_OK); DMA allowed (MMIO has no bus mastering); on version 2 the legacy registers
+    /// at their power-on values; a queue refused, reported broken or kicked only as a session
+    /// leaves it (refusals and reports with DEVICE_NEEDS_RESET set, kicks on accepted
+    /// queues); the device status a legal combination (no reserved
     /// bits, FEATURES_OK only after ACKNOWLEDGE and DRIVER with the features accepted,
     /// DRIVER_OK only after FEATURES_OK, legacy: after ACKNOWLEDGE and DRIVER); the negotiated
     /// features what this device would accept (a subset of what it offers, VERSION_1 on a
