@@ -445,6 +445,38 @@ fn restore_refuses_a_kick_on_a_queue_that_is_not_ready() {
     }
 }
 
+/// A legacy queue in use sits where its `QueuePFN`, a page size (a power of two; the driver
+/// may change `GuestPageSize` afterwards), its `QueueAlign` (frozen while in use) and its size
+/// put it (LEG-07): a state whose page number or alignment does not give the queue's rings is
+/// refused; one whose page number gives them with another page size is accepted.
+#[test]
+fn restore_refuses_a_legacy_queue_away_from_its_pfn() {
+    let mem = TestMemory::m0();
+    let drv = SplitDriver::standard(&mem, 16);
+    let d = at(&mem, MmioVersion::Legacy, At::DriverOk, &drv);
+    let s = save(&d);
+    let pfn0 = LEGACY;
+    assert_eq!(s[pfn0], LEGACY_PFN as u8, "queue 0's QueuePFN");
+    let with = |at: usize, bytes: &[u8]| {
+        let mut b = s.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        b
+    };
+    // Page 8 of 2048 bytes is the same address: reachable (GuestPageSize 2048 at enable).
+    assert!(try_restore(&mem, MmioVersion::Legacy, &with(pfn0, &[8])).is_ok());
+    for (what, b) in [
+        ("pfn 5", with(pfn0, &[5])),
+        ("pfn 3", with(pfn0, &[3])),
+        ("align 8192", with(pfn0 + 4, &[0, 0x20])),
+        ("align 4", with(pfn0 + 4, &[4, 0])),
+    ] {
+        assert!(
+            try_restore(&mem, MmioVersion::Legacy, &b).is_err(),
+            "{what} accepted"
+        );
+    }
+}
+
 /// A version 2 transport never writes the legacy registers: their power-on values are the
 /// only ones a v2 state holds.
 #[test]

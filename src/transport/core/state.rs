@@ -238,12 +238,12 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
     }
 
     /// Check a saved core (the bytes after the transport's own block) against this device and
-    /// guest memory without changing anything; `enabled_ok` adds the transport's own check of
-    /// each queue's enabled flag. Returns the bytes it covers.
+    /// guest memory without changing anything; `queue_ok` adds the transport's own check of
+    /// each queue's registers. Returns the bytes it covers.
     pub(crate) fn check_state(
         &self,
         bytes: &[u8],
-        mut enabled_ok: impl FnMut(usize, bool) -> Result<(), StateError>,
+        mut queue_ok: impl FnMut(usize, &QueueView) -> Result<(), StateError>,
     ) -> Result<usize, StateError> {
         let (f, mut rest) = self.core_fields(bytes)?;
         let packed = f.packed == 1;
@@ -252,23 +252,31 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             let (r, body, next) = split_queue(rest)?;
             rest = next;
             let regs = decode_regs(r)?;
-            enabled_ok(i, regs.enabled)?;
             check_refusal(&regs, needs_reset)?;
             let (Some(q), Some(p)) = (self.queues.get(i), self.packed.get(i)) else {
                 return Err(StateError::invalid(StateField::QueueRegister));
             };
             // Restore into a scratch queue of the same maximum: all its own checks.
-            if packed {
+            let size = if packed {
                 let mut s = PackedQueue::new(p.max_size);
                 s.restore(body, &self.mem)?;
                 let areas = [s.driver_event_addr.0, s.device_event_addr.0];
                 check_regs_against(&regs, s.ready, s.size, s.desc_ring_addr.0, areas)?;
+                s.size
             } else {
                 let mut s = Queue::new(q.max_size);
                 s.restore(body, &self.mem)?;
                 let areas = [s.avail_ring_addr.0, s.used_ring_addr.0];
                 check_regs_against(&regs, s.ready, s.size, s.desc_table_addr.0, areas)?;
-            }
+                s.size
+            };
+            let view = QueueView {
+                enabled: regs.enabled,
+                accepted: regs.enabled && regs.refused.is_none(),
+                size,
+                areas: (regs.desc, regs.driver, regs.device),
+            };
+            queue_ok(i, &view)?;
         }
         Ok(bytes.len().saturating_sub(rest.len()))
     }
@@ -429,6 +437,19 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
             self.decide_interrupts(sig);
         }
     }
+}
+
+/// What a transport's own restore check sees of one saved queue (already checked against
+/// its ring state).
+pub(crate) struct QueueView {
+    /// Enabled by the driver.
+    pub(crate) enabled: bool,
+    /// Enabled and not refused: the queue runs on `areas` with `size` entries.
+    pub(crate) accepted: bool,
+    /// The queue's size (meaningful when `accepted`).
+    pub(crate) size: u16,
+    /// Descriptor, driver and device area addresses as programmed.
+    pub(crate) areas: (u64, u64, u64),
 }
 
 /// One queue's registers, its state, and what follows.

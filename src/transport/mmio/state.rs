@@ -14,12 +14,13 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{
     INT_CONFIG, INT_VRING, IrqState, LEGACY_DEFAULT_PAGE, LegacyQueue, MmioOutcome, MmioTransport,
-    MmioVersion,
+    MmioVersion, legacy_layout,
 };
 use crate::memory::GuestMemory;
 use crate::snapshot::{HEADER_LEN, StateError, StateField, StateKind, open, write_header};
 use crate::transport::InterruptStatus;
 use crate::transport::VirtioDevice;
+use crate::transport::core::state::QueueView;
 use crate::wire::DeviceStatus;
 
 /// The virtio-mmio register block of a transport state.
@@ -192,10 +193,15 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
             rest = next;
         }
         // Everything checked before anything is applied. A legacy queue is enabled exactly
-        // when its QueuePFN is set.
-        let used = self.core.check_state(rest, |i, enabled| {
-            let pfn = legacy.get(i).map_or(0, |l| l.pfn);
-            if version == MmioVersion::Legacy && (pfn != 0) != enabled {
+        // when its QueuePFN is set, and one in use sits where its page number, some page size
+        // (GuestPageSize may have changed since), its QueueAlign and its size put it (LEG-07).
+        let used = self.core.check_state(rest, |i, q| {
+            let Some(&l) = legacy.get(i) else {
+                return Err(invalid(StateField::Legacy));
+            };
+            if version == MmioVersion::Legacy
+                && ((l.pfn != 0) != q.enabled || (q.accepted && !legacy_placed(l, q)))
+            {
                 return Err(invalid(StateField::Legacy));
             }
             Ok(())
@@ -264,4 +270,18 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> MmioTransport<D, M, Q> {
         self.core.resume(&mut self.int);
         self.finish(start)
     }
+}
+
+/// Whether legacy queue `q` lies at the contiguous layout of its page number `l.pfn` with some
+/// power-of-two page size, alignment `l.align` and its size (LEG-07).
+fn legacy_placed(l: LegacyQueue, q: &QueueView) -> bool {
+    let (desc, _, _) = q.areas;
+    let pfn = u64::from(l.pfn);
+    let page = desc
+        .checked_div(pfn)
+        .filter(|&p| p.saturating_mul(pfn) == desc);
+    page.and_then(|p| u32::try_from(p).ok())
+        .filter(|p| p.is_power_of_two())
+        .and_then(|p| legacy_layout(l.pfn, p, u32::from(q.size), l.align))
+        == Some(q.areas)
 }
