@@ -477,6 +477,39 @@ fn restore_refuses_a_legacy_queue_away_from_its_pfn() {
     }
 }
 
+/// A queue that broke is reported (DEVICE_NEEDS_RESET) within the access that broke it, so a
+/// saved broken queue is always marked reported. A state with a broken, unreported queue on a
+/// device that `resume` will not run (FAILED) is refused: restored, it would hold a broken
+/// queue without DEVICE_NEEDS_RESET.
+#[test]
+fn restore_refuses_a_broken_queue_not_reported() {
+    let mem = TestMemory::m0();
+    for version in VERSIONS {
+        let drv = SplitDriver::standard(&mem, 16);
+        let mut d = at(&mem, version, At::DriverOk, &drv);
+        let avail = if version == MmioVersion::V2 {
+            drv.avail
+        } else {
+            0x4100
+        };
+        mem.poke_u16(avail + 2, 100);
+        let _ = wr(&mut d, regs::QUEUE_NOTIFY, 0);
+        assert!(d.queue(0).unwrap().is_broken(), "{version:?}");
+        let s = status(&d);
+        assert_ne!(s & NEEDS_RESET, 0);
+        let _ = wr(&mut d, regs::STATUS, s | FAILED);
+        let mut b = save(&d);
+        assert_eq!(b[QREGS0 + 2], 1, "reported");
+        b[QREGS0 + 2] = 0;
+        b[CORE_STATUS] &= !(NEEDS_RESET as u8);
+        assert!(
+            try_restore(&mem, version, &b).is_err(),
+            "{version:?}: broken, unreported queue accepted"
+        );
+        mem.poke_u16(avail + 2, 0);
+    }
+}
+
 /// A version 2 transport never writes the legacy registers: their power-on values are the
 /// only ones a v2 state holds.
 #[test]

@@ -257,19 +257,23 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize> Core<D, M, Q> {
                 return Err(StateError::invalid(StateField::QueueRegister));
             };
             // Restore into a scratch queue of the same maximum: all its own checks.
-            let size = if packed {
+            let (size, broken) = if packed {
                 let mut s = PackedQueue::new(p.max_size);
                 s.restore(body, &self.mem)?;
                 let areas = [s.driver_event_addr.0, s.device_event_addr.0];
                 check_regs_against(&regs, s.ready, s.size, s.desc_ring_addr.0, areas)?;
-                s.size
+                (s.size, s.ready && s.is_broken())
             } else {
                 let mut s = Queue::new(q.max_size);
                 s.restore(body, &self.mem)?;
                 let areas = [s.avail_ring_addr.0, s.used_ring_addr.0];
                 check_regs_against(&regs, s.ready, s.size, s.desc_table_addr.0, areas)?;
-                s.size
+                (s.size, s.ready && s.is_broken())
             };
+            // A queue that broke was reported inside the access that broke it.
+            if broken && !regs.reported {
+                return Err(StateError::invalid(StateField::QueueRegister));
+            }
             let view = QueueView {
                 enabled: regs.enabled,
                 accepted: regs.enabled && regs.refused.is_none(),
