@@ -14,6 +14,7 @@ use super::{PciOutcome, PciTransport, layout};
 use crate::memory::GuestMemory;
 use crate::snapshot::{HEADER_LEN, StateError, StateField, StateKind, flag, open, write_header};
 use crate::transport::VirtioDevice;
+use crate::wire::DeviceStatus;
 
 /// The PCI and virtio register block of a PCI function's state.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -161,7 +162,7 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
     /// Checked, besides the transport core's checks (as for
     /// [`MmioTransport::restore`](crate::transport::MmioTransport::restore)): the vector and
     /// queue counts; the command register holding only its writable bits; BAR 0 aligned to its
-    /// size; ISR bits 0 and 1 only; MSI-X flags 0 or 1; every MSI-X Message Address dword aligned; every vector (configuration and
+    /// size; ISR bits 0 and 1 only, and none, nor a pending bit, without DRIVER_OK; MSI-X flags 0 or 1; every MSI-X Message Address dword aligned; every vector (configuration and
     /// queues) an entry of the table or `NO_VECTOR`; pending bits only for existing entries;
     /// the core's DMA permission the command register's Bus Master Enable.
     ///
@@ -243,6 +244,19 @@ impl<D: VirtioDevice, M: GuestMemory, const Q: usize, const V: usize> PciTranspo
         }
         if self.core.state_dma(rest) != Some(irq.bus_master) {
             return Err(invalid(StateField::Command));
+        }
+        // ISR bits and pending messages are raised only for a live driver (used buffers,
+        // configuration changes and NEEDS_RESET notify only after DRIVER_OK, STAT-09), and the
+        // virtio reset that takes DRIVER_OK back clears them (§4.1.4.5).
+        let live = self
+            .core
+            .state_status(rest)
+            .is_some_and(|s| s.contains(DeviceStatus::DRIVER_OK));
+        if !live && irq.isr != 0 {
+            return Err(invalid(StateField::InterruptStatus));
+        }
+        if !live && irq.pending != 0 {
+            return Err(invalid(StateField::Msix));
         }
         self.core.apply_state(rest)?;
         self.irq = irq;
