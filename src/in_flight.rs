@@ -112,7 +112,19 @@ impl<const W: usize> InFlight<W> {
     /// Set a free identity below `limit`, preferring `hint` and then the next free one after
     /// it (wrapping): the packed ring's chain tokens. At most `W` words are looked at; `None`
     /// only if every identity below `limit` is set.
+    #[inline]
     pub(crate) fn insert_near(&mut self, hint: u32, limit: u32) -> Option<u32> {
+        // The usual case, inline: the hint is below the limit (and the capacity) and free.
+        if hint < limit && self.insert(hint) {
+            return Some(hint);
+        }
+        self.insert_near_slow(hint, limit)
+    }
+
+    /// [`insert_near`](Self::insert_near) when the hint is taken or out of range: the scan,
+    /// out of line.
+    #[inline(never)]
+    fn insert_near_slow(&mut self, hint: u32, limit: u32) -> Option<u32> {
         let cap = u32::try_from(W).ok()?.checked_mul(64)?;
         let limit = limit.min(cap);
         if limit == 0 {

@@ -503,17 +503,21 @@ impl<const W: usize> Queue<W> {
         if head >= self.size {
             return Err(self.error.set(QueueError::HeadOutOfRange { head }));
         }
-        if self.in_flight.contains(u32::from(head)) {
+        // One bitmap access tests and sets the head (`head < size <= CAPACITY`, so `false` is
+        // a head already in flight).
+        if !self.in_flight.insert(u32::from(head)) {
             return Err(self.error.set(QueueError::DuplicateHead { head }));
         }
         let next = self.next_avail_idx.wrapping_add(1);
         if self.kicks_enabled && self.features.contains(Features::EVENT_IDX) {
             // Keep `avail_event` current (SPLIT-61): the driver kicks again only once it
-            // publishes past what the device has taken. Stored before anything is consumed, so
-            // a failure leaves the entry in the ring.
-            self.store_avail_event(mem, next)?;
+            // publishes past what the device has taken. A failure takes the head back out of
+            // the in-flight set, so nothing is consumed and the entry stays in the ring.
+            if let Err(e) = self.store_avail_event(mem, next) {
+                self.in_flight.remove(u32::from(head));
+                return Err(e);
+            }
         }
-        self.in_flight.insert(u32::from(head));
         self.next_avail_idx = next;
         self.avail_cursor = next;
         trace!("virtq: popped head {}", head);
@@ -557,19 +561,28 @@ impl<const W: usize> Queue<W> {
         if head_index >= self.size {
             return Err(QueueError::InvalidUsedHead { head: head_index });
         }
-        if !self.in_flight.contains(u32::from(head_index)) {
+        // One bitmap access tests and clears the head; every failure below puts it back, so a
+        // refused completion leaves it in flight.
+        if !self.in_flight.remove(u32::from(head_index)) {
             return Err(QueueError::HeadNotInFlight { head: head_index });
         }
         let slot = self.next_used_idx & self.size.wrapping_sub(1);
-        let addr = self.used_addr(ring_offset(slot, layout::USED_ELEM_SIZE))?;
-        let elem = UsedElem {
-            id: u32::from(head_index).into(),
-            len: bytes_written.into(),
+        let written = match self.used_addr(ring_offset(slot, layout::USED_ELEM_SIZE)) {
+            Ok(addr) => mem
+                .write_obj(
+                    addr,
+                    &UsedElem {
+                        id: u32::from(head_index).into(),
+                        len: bytes_written.into(),
+                    },
+                )
+                .map_err(|e| self.error.set(e.into())),
+            Err(e) => Err(e),
         };
-        if let Err(e) = mem.write_obj(addr, &elem) {
-            return Err(self.error.set(e.into()));
+        if let Err(e) = written {
+            self.in_flight.insert(u32::from(head_index));
+            return Err(e);
         }
-        self.in_flight.remove(u32::from(head_index));
         self.next_used_idx = self.next_used_idx.wrapping_add(1);
         self.used_cursor = self.next_used_idx;
         Ok(())
