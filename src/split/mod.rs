@@ -350,10 +350,13 @@ impl<const W: usize> Queue<W> {
             | (a & (layout::AVAIL_ALIGN - 1))
             | (u & (layout::USED_ALIGN - 1));
         let s = self.size;
+        // `s - 1 < max_size` (wrapping) is `1 <= s <= max_size`; then `s & (s - 1) == 0` is a
+        // power of two.
+        let m = s.wrapping_sub(1);
         (out | misaligned) == 0
             && self.ready
-            && s.is_power_of_two()
-            && s <= self.max_size
+            && m < self.max_size
+            && s & m == 0
             // Folded away for the default bitmap, which holds every head.
             && (Self::CAPACITY == MAX_QUEUE_SIZE || s <= Self::CAPACITY)
     }
