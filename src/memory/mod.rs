@@ -331,6 +331,16 @@ pub trait GuestMemoryExt: GuestMemory {
 
 impl<M: GuestMemory + ?Sized> GuestMemoryExt for M {}
 
+/// Zero exactly when `addr` is in `1..=2⁶³` and a multiple of `align` (a power of two below
+/// 2⁶³): the queues' quick test of a ring address. Rotating the alignment bits to the top puts
+/// both conditions in one range, `1..=2⁶³ / align`, which one subtraction and one shift test:
+/// a misaligned address rotates to at least `2⁶⁴ / align`, zero wraps to `u64::MAX`.
+#[inline(always)]
+pub(crate) const fn ring_addr_bad(addr: u64, align: u64) -> u64 {
+    let k = align.trailing_zeros();
+    addr.rotate_right(k).wrapping_sub(1) >> (63 - k)
+}
+
 /// Overflow-checked `[addr, addr + len)` → (start, end) in `u64`, the building block of every
 /// range check in this crate.
 #[inline]
@@ -338,4 +348,39 @@ pub(crate) fn range_end(addr: GuestAddress, len: u64) -> Result<u64, MemoryError
     addr.0
         .checked_add(len)
         .ok_or(MemoryError::Overflow { addr: addr.0, len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ring_addr_bad` is exactly "in `1..=2^63` and aligned" for every alignment the rings
+    /// use, at the edges of both conditions.
+    #[test]
+    fn ring_addr_bad_is_range_and_alignment() {
+        let edges = [
+            0,
+            1,
+            2,
+            3,
+            4,
+            8,
+            15,
+            16,
+            17,
+            32,
+            0x1000,
+            0x7FFF_FFFF_FFFF_FFF0,
+        ];
+        for align in [1u64, 2, 4, 16] {
+            for base in [0u64, 1 << 62, 1 << 63, u64::MAX - 64] {
+                for e in edges {
+                    for a in [base.wrapping_add(e), base.wrapping_sub(e)] {
+                        let good = (1..=1u64 << 63).contains(&a) && a % align == 0;
+                        assert_eq!(ring_addr_bad(a, align) == 0, good, "{a:#x} align {align}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -39,7 +39,7 @@ use crate::chain::{ChainError, DescriptorChain};
 use crate::drain::{Completion, DrainReport, DrainRing, drain_loop};
 use crate::error::{QueueError, Sticky};
 use crate::in_flight::{InFlight, SPLIT_WORDS};
-use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt};
+use crate::memory::{Barrier, GuestAddress, GuestMemory, GuestMemoryExt, ring_addr_bad};
 use crate::notify::need_event;
 use crate::wire::{
     AvailFlags, Features, MAX_QUEUE_SIZE, UsedElem, UsedFlags, split_layout as layout,
@@ -343,17 +343,15 @@ impl<const W: usize> Queue<W> {
             self.avail_ring_addr.0,
             self.used_ring_addr.0,
         );
-        // Bit 63 of `x - 1` is set for 0 and for addresses above 2^63; the low bits are the
-        // alignment (§2.7 table: 16, 2, 4).
-        let out = (d.wrapping_sub(1) | a.wrapping_sub(1) | u.wrapping_sub(1)) >> 63;
-        let misaligned = (d & (layout::DESC_ALIGN - 1))
-            | (a & (layout::AVAIL_ALIGN - 1))
-            | (u & (layout::USED_ALIGN - 1));
+        // Each address aligned (§2.7 table: 16, 2, 4) and in `1..=2^63`.
+        let bad = ring_addr_bad(d, layout::DESC_ALIGN)
+            | ring_addr_bad(a, layout::AVAIL_ALIGN)
+            | ring_addr_bad(u, layout::USED_ALIGN);
         let s = self.size;
         // `s - 1 < max_size` (wrapping) is `1 <= s <= max_size`; then `s & (s - 1) == 0` is a
         // power of two.
         let m = s.wrapping_sub(1);
-        (out | misaligned) == 0
+        bad == 0
             && self.ready
             && m < self.max_size
             && s & m == 0
