@@ -389,18 +389,22 @@ impl<const W: usize> Queue<W> {
         }
     }
 
+    /// The address `offset` bytes into the available ring, for an `offset` inside it (at most
+    /// [`avail_ring_bytes`](layout::avail_ring_bytes)`(size)`). Called only after
+    /// [`usable`](Self::usable), which proved the whole ring does not wrap (`quick_valid`: an
+    /// address of at most 2⁶³ and a ring of at most 2¹⁹ bytes; otherwise `is_valid`'s
+    /// `checked_end`), so the sum cannot wrap and is not checked again on every access. (The
+    /// accessor checks the range of every access it makes anyway.)
     #[inline]
-    fn avail_addr(&self, offset: u64) -> Result<GuestAddress, QueueError> {
-        self.avail_ring_addr
-            .checked_add(offset)
-            .ok_or(QueueError::NotReady)
+    fn avail_addr(&self, offset: u64) -> GuestAddress {
+        GuestAddress(self.avail_ring_addr.0.wrapping_add(offset))
     }
 
+    /// [`avail_addr`](Self::avail_addr) for the used ring (`offset` at most
+    /// [`used_ring_bytes`](layout::used_ring_bytes)`(size)`).
     #[inline]
-    fn used_addr(&self, offset: u64) -> Result<GuestAddress, QueueError> {
-        self.used_ring_addr
-            .checked_add(offset)
-            .ok_or(QueueError::NotReady)
+    fn used_addr(&self, offset: u64) -> GuestAddress {
+        GuestAddress(self.used_ring_addr.0.wrapping_add(offset))
     }
 
     /// Whether the driver has made chains available beyond `next_avail_idx`, reading
@@ -416,7 +420,7 @@ impl<const W: usize> Queue<W> {
         if known != 0 {
             return Ok(true);
         }
-        let idx = match mem.load_u16(self.avail_addr(layout::IDX_OFFSET)?) {
+        let idx = match mem.load_u16(self.avail_addr(layout::IDX_OFFSET)) {
             Ok(v) => v,
             Err(e) => return Err(self.error.set(e.into())),
         };
@@ -496,7 +500,7 @@ impl<const W: usize> Queue<W> {
         }
         // `size` is a non-zero power of two (`usable` checked), so masking is the modulo.
         let slot = self.next_avail_idx & self.size.wrapping_sub(1);
-        let entry = self.avail_addr(ring_offset(slot, 2))?;
+        let entry = self.avail_addr(ring_offset(slot, 2));
         let head = match mem.load_u16(entry) {
             Ok(h) => h,
             Err(e) => return Err(self.error.set(e.into())),
@@ -568,21 +572,14 @@ impl<const W: usize> Queue<W> {
             return Err(QueueError::HeadNotInFlight { head: head_index });
         }
         let slot = self.next_used_idx & self.size.wrapping_sub(1);
-        let written = match self.used_addr(ring_offset(slot, layout::USED_ELEM_SIZE)) {
-            Ok(addr) => mem
-                .write_obj(
-                    addr,
-                    &UsedElem {
-                        id: u32::from(head_index).into(),
-                        len: bytes_written.into(),
-                    },
-                )
-                .map_err(|e| self.error.set(e.into())),
-            Err(e) => Err(e),
+        let addr = self.used_addr(ring_offset(slot, layout::USED_ELEM_SIZE));
+        let elem = UsedElem {
+            id: u32::from(head_index).into(),
+            len: bytes_written.into(),
         };
-        if let Err(e) = written {
+        if let Err(e) = mem.write_obj(addr, &elem) {
             self.in_flight.insert(u32::from(head_index));
-            return Err(e);
+            return Err(self.error.set(e.into()));
         }
         self.next_used_idx = self.next_used_idx.wrapping_add(1);
         self.used_cursor = self.next_used_idx;
@@ -607,7 +604,7 @@ impl<const W: usize> Queue<W> {
         // Release: the used elements and the buffer data the device wrote become visible
         // before the new `used.idx` (§2.7.8.2).
         mem.fence(Barrier::UsedPublish);
-        if let Err(e) = mem.store_u16(self.used_addr(layout::IDX_OFFSET)?, self.next_used_idx) {
+        if let Err(e) = mem.store_u16(self.used_addr(layout::IDX_OFFSET), self.next_used_idx) {
             return Err(self.error.set(e.into()));
         }
         self.published_used_idx = self.next_used_idx;
@@ -672,7 +669,7 @@ impl<const W: usize> Queue<W> {
         mem: &M,
         value: u16,
     ) -> Result<(), QueueError> {
-        let at = self.used_addr(layout::avail_event_offset(self.size))?;
+        let at = self.used_addr(layout::avail_event_offset(self.size));
         mem.store_u16(at, value)
             .map_err(|e| self.error.set(e.into()))
     }
@@ -712,7 +709,7 @@ impl<const W: usize> Queue<W> {
         // the old `used.idx` would sleep while we suppress (SPLIT-53).
         mem.fence(Barrier::NotifyCheck);
         if self.features.contains(Features::EVENT_IDX) {
-            let at = self.avail_addr(layout::used_event_offset(self.size))?;
+            let at = self.avail_addr(layout::used_event_offset(self.size));
             let event = mem.load_u16(at).map_err(|e| self.error.set(e.into()))?;
             // More than 2^16 - 1 entries since the last answer: the window test cannot tell,
             // so notify.
