@@ -321,9 +321,21 @@ impl<const W: usize> Queue<W> {
     #[inline]
     fn usable(&mut self) -> Result<(), QueueError> {
         self.error.check()?;
-        if self.next_avail_idx != self.avail_cursor || self.next_used_idx != self.used_cursor {
-            self.cursors_moved();
+        // Both cursors where the queue left them, in one test.
+        let moved =
+            (self.next_avail_idx ^ self.avail_cursor) | (self.next_used_idx ^ self.used_cursor);
+        if moved == 0 && self.quick_valid() {
+            return Ok(());
         }
+        self.usable_slow()
+    }
+
+    /// [`usable`](Self::usable) when a cursor moved or `quick_valid` is not sure: follow the
+    /// cursors, then the full test.
+    #[cold]
+    #[inline(never)]
+    fn usable_slow(&mut self) -> Result<(), QueueError> {
+        self.cursors_moved();
         if self.quick_valid() {
             return Ok(());
         }
