@@ -257,6 +257,19 @@ impl PackedQueue {
     /// Common entry check: O(1) for a broken or unconfigured queue.
     #[inline]
     pub(super) fn usable(&mut self) -> Result<(), QueueError> {
+        // The used cursor where the queue left it, in the same branch as the quick test.
+        let moved = (self.next_used_idx ^ self.used_cursor.0)
+            | u16::from(self.used_wrap_counter ^ self.used_cursor.1);
+        if moved == 0 && self.error.get().is_none() && self.quick_valid() {
+            return Ok(());
+        }
+        self.usable_slow()
+    }
+
+    /// [`usable`](Self::usable) off the fast path: follow a moved cursor, then the full test.
+    #[cold]
+    #[inline(never)]
+    fn usable_slow(&mut self) -> Result<(), QueueError> {
         self.follow_used_cursor();
         self.valid()
     }
@@ -291,13 +304,16 @@ impl PackedQueue {
             | (dr & (layout::EVENT_ALIGN - 1))
             | (dv & (layout::EVENT_ALIGN - 1));
         let s = self.size;
+        let limit = if self.max_size < MAX_QUEUE_SIZE {
+            self.max_size
+        } else {
+            MAX_QUEUE_SIZE
+        };
+        // `s - 1 < limit` (wrapping) is `1 <= s <= limit`.
         (out | misaligned) == 0
             && self.ready
-            && s != 0
-            && s <= self.max_size
-            && s <= MAX_QUEUE_SIZE
-            && self.next_avail_idx < s
-            && self.next_used_idx < s
+            && s.wrapping_sub(1) < limit
+            && self.next_avail_idx.max(self.next_used_idx) < s
     }
 
     #[cold]
