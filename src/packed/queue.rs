@@ -461,7 +461,7 @@ impl PackedQueue {
     }
 
     /// The pop itself, not generic over the chain's storage size.
-    #[inline]
+    #[inline(always)]
     pub(super) fn pop_into<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -488,36 +488,21 @@ impl PackedQueue {
         head.generation = self.generation;
         head.ring = self.desc_ring_addr;
         let mut budget = ChainBudget::new(u32::from(size));
-        let mut pos = start;
-        let mut hops: u16 = 1;
-        let id = loop {
-            // The one copy of this descriptor's other 14 bytes.
-            let desc = match self.read_body(mem, pos.0) {
-                Ok(b) => b,
-                Err(e) => return Err(self.error.set(e.into())),
-            };
-            let f = DescFlags::from_bits_retain(flags);
-            let next = f.contains(DescFlags::NEXT);
-            if !body.is_malformed() {
-                self.check_desc(mem, body, &mut budget, &desc, f, hops);
-            }
-            if !next {
-                break desc.id.get();
-            }
-            // Hop bound: a NEXT list of `size` descriptors cannot continue (H15c); the slot
-            // it would continue into is not read.
-            if hops >= size {
-                return Err(self.error.set(QueueError::Chain(ChainError::TooLong)));
-            }
-            pos = advance(pos, 1, size);
-            flags = self.load_flags(mem, pos.0)?;
-            if !is_available(flags, pos.1) {
-                // Never a truncated chain (H15b, PACKED-38).
-                return Err(self
-                    .error
-                    .set(QueueError::Chain(ChainError::Incomplete { slot: pos.0 })));
-            }
-            hops = hops.saturating_add(1);
+        // The one copy of the first descriptor's other 14 bytes.
+        let desc = match self.read_body(mem, start.0) {
+            Ok(b) => b,
+            Err(e) => return Err(self.error.set(e.into())),
+        };
+        let f = DescFlags::from_bits_retain(flags);
+        if !body.is_malformed() {
+            self.check_desc(mem, body, &mut budget, &desc, f, 1);
+        }
+        // A chain of one descriptor (or one indirect descriptor) ends here; a NEXT list is
+        // followed out of line, so the common case keeps its state in registers.
+        let (id, hops) = if f.contains(DescFlags::NEXT) {
+            self.pop_list(mem, body, &mut budget, start)?
+        } else {
+            (desc.id.get(), 1)
         };
 
         // A driver never has more than `size` descriptors outstanding (§2.8.17); more would
@@ -549,6 +534,50 @@ impl PackedQueue {
         }
         trace!("virtq: packed popped id {} ({} descriptors)", id, hops);
         Ok(true)
+    }
+
+    /// The rest of a NEXT list whose first descriptor (at `start`) was checked: each later
+    /// descriptor's flags (available, or the chain is incomplete), its one copy, its checks;
+    /// returns the last descriptor's buffer ID and the chain's descriptor count.
+    #[inline(never)]
+    fn pop_list<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        body: &mut PackedBody,
+        budget: &mut ChainBudget,
+        start: Pos,
+    ) -> Result<(u16, u16), QueueError> {
+        let size = self.size;
+        let mut pos = start;
+        let mut hops: u16 = 1;
+        loop {
+            // Hop bound: a NEXT list of `size` descriptors cannot continue (H15c); the slot
+            // it would continue into is not read.
+            if hops >= size {
+                return Err(self.error.set(QueueError::Chain(ChainError::TooLong)));
+            }
+            pos = advance(pos, 1, size);
+            let flags = self.load_flags(mem, pos.0)?;
+            if !is_available(flags, pos.1) {
+                // Never a truncated chain (H15b, PACKED-38).
+                return Err(self
+                    .error
+                    .set(QueueError::Chain(ChainError::Incomplete { slot: pos.0 })));
+            }
+            hops = hops.saturating_add(1);
+            // The one copy of this descriptor's other 14 bytes.
+            let desc = match self.read_body(mem, pos.0) {
+                Ok(b) => b,
+                Err(e) => return Err(self.error.set(e.into())),
+            };
+            let f = DescFlags::from_bits_retain(flags);
+            if !body.is_malformed() {
+                self.check_desc(mem, body, budget, &desc, f, hops);
+            }
+            if !f.contains(DescFlags::NEXT) {
+                return Ok((desc.id.get(), hops));
+            }
+        }
     }
 
     /// Copy bytes 0..14 of descriptor `slot` (everything but the flags word, which was read
