@@ -600,7 +600,7 @@ impl PackedQueue {
     }
 
     /// Validate one copied descriptor (the `hops`-th of its chain) into `out`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn check_desc<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
