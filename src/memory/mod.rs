@@ -338,7 +338,9 @@ impl<M: GuestMemory + ?Sized> GuestMemoryExt for M {}
 #[inline(always)]
 pub(crate) const fn ring_addr_bad(addr: u64, align: u64) -> u64 {
     let k = align.trailing_zeros();
-    addr.rotate_right(k).wrapping_sub(1) >> (63 - k)
+    addr.rotate_right(k)
+        .wrapping_sub(1)
+        .wrapping_shr(63u32.saturating_sub(k))
 }
 
 /// Overflow-checked `[addr, addr + len)` → (start, end) in `u64`, the building block of every
